@@ -1,0 +1,99 @@
+"""The engine interface of DESIGN.md: given a model and a batch, run the sql/ steps and
+return the new factor rows (Arrow) for the store to commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from als_core.sgd import SGDParams
+
+# The step files, in order, and the relation each one defines for the files after it.
+STEP_FILES: list[tuple[str, str]] = [
+    ("step/01_select_batch_factors", "batch_factors"),
+    ("step/02_join_batch_factors", "joined_factors"),
+    ("step/03_init_unseen_factors", "key_factors"),
+    ("step/04_update_global_mean", "global_state"),
+    ("step/05_rating_errors", "rating_errors"),
+    ("step/06_rating_gradients", "rating_gradients"),
+    ("step/07_aggregate_gradients", "aggregate_gradients"),
+    ("step/08_apply_gradients", "new_factor_rows"),
+]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A streaming model: its id and hyperparameters (one row of the ``models`` table)."""
+
+    model_id: str
+    params: SGDParams
+
+    @classmethod
+    def from_record(cls, row: dict) -> "ModelSpec":
+        return cls(row["model_id"], SGDParams(
+            rank=int(row["rank"]), gamma=float(row["gamma"]), lambda_=float(row["lambda_"]),
+            lambda_bias=float(row["lambda_bias"]), init_scale=float(row["init_scale"]), seed=int(row["seed"]),
+            aggregation=row["aggregation"], bias_update=row.get("bias_update") or "sgd"))
+
+    def step_params(self, new_version: int, batch_seq: int | None) -> pa.Table:
+        p = self.params
+        return pa.table({
+            "model_id": [self.model_id], "rank": pa.array([p.rank], pa.int64()), "gamma": [float(p.gamma)],
+            "lambda_": [float(p.lambda_)], "lambda_bias": [float(p.lambda_bias)], "init_scale": [float(p.init_scale)],
+            "seed": pa.array([p.seed], pa.int64()), "aggregation": [p.aggregation], "bias_update": [p.bias_update],
+            "new_version": pa.array([new_version], pa.int64()), "batch_seq": pa.array([batch_seq], pa.int64()),
+        })
+
+    def components(self) -> pa.Table:
+        return pa.table({"k": pa.array(np.arange(self.params.rank), pa.int64())})
+
+
+@dataclass
+class StepResult:
+    rows: pa.Table  # new factor rows (FACTORS schema columns)
+    prequential: pa.Table  # rating, prediction: the batch scored before it was learned
+
+
+class Engine(Protocol):
+    name: str
+
+    def step(self, warehouse, model: ModelSpec, batch: pa.Table, new_version: int, batch_seq: int | None,
+             clip: tuple[float, float]) -> StepResult:
+        """Run the sql/ step for one batch (user_id, item_id, rating) against the model's
+        current stored factors."""
+
+    def score(self, warehouse, model_id: str, ratings: pa.Table, version: int | None,
+              clip: tuple[float, float]) -> pa.Table:
+        """Predictions (rating_seq, rating, prediction) for ratings with the model as of a version."""
+
+    def close(self) -> None: ...
+
+
+def batch_relation(batch: pa.Table) -> pa.Table:
+    """The ``batch_ratings`` relation the step reads: ratings numbered in arrival order."""
+    return pa.table({
+        "rating_seq": pa.array(np.arange(batch.num_rows), pa.int64()),
+        "user_id": batch["user_id"].cast(pa.int64()),
+        "item_id": batch["item_id"].cast(pa.int64()),
+        "rating": batch["rating"].cast(pa.float64()),
+    })
+
+
+def score_params(clip: tuple[float, float]) -> pa.Table:
+    return pa.table({"clip_low": [float(clip[0])], "clip_high": [float(clip[1])]})
+
+
+def get_engine(name: str = "duckdb", **options) -> Engine:
+    """The engine by name: 'duckdb' (embedded default) or 'spark'."""
+    if name == "duckdb":
+        from als_core.engines.duckdb_engine import DuckDBEngine
+
+        return DuckDBEngine(**options)
+    if name == "spark":
+        from als_core.engines.spark_engine import SparkEngine
+
+        return SparkEngine(**options)
+    raise ValueError(f"unknown engine {name!r}: choose 'duckdb' or 'spark'")

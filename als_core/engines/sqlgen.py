@@ -1,0 +1,125 @@
+"""One SQL source, two dialects.
+
+The files in ``sql/`` are written once, in DuckDB syntax, using four portable vector
+functions whose spelling differs between engines. ``render(sql, dialect)`` parses a file with
+sqlglot, replaces those calls by the dialect's expression and prints the query for DuckDB or
+Spark (sqlglot also transpiles lambdas, ``range`` vs ``sequence``, casts, and so on):
+
+=====================================  ===========================================  ==========================================
+portable call                          DuckDB                                       Spark
+=====================================  ===========================================  ==========================================
+``vec_dot(a, b)``                      ``list_dot_product(a, b)``                   ``aggregate(zip_with(a, b, *), 0D, +)``
+``vec_get(v, k)`` (k from 0)           ``v[k + 1]``                                 ``element_at(v, k + 1)``
+``vec_collect(x, k)`` (aggregate)      ``list(x ORDER BY k)``                       ``transform(array_sort(collect_list(struct(k, x))), s -> s.x)``
+``vec_init(seed, side, id, rank, s)``  the integer hash of `als_core.init`, one element per component
+=====================================  ===========================================  ==========================================
+
+>>> print(render("SELECT vec_get(v, c.k) AS x FROM t, c", "spark"))
+SELECT ELEMENT_AT(v, c.k + 1) AS x FROM t, c
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import sqlglot
+from sqlglot import exp
+
+from als_core import init
+
+DIALECTS = ("duckdb", "spark")
+
+_TEMPLATES = {
+    "duckdb": {
+        "vec_dot": "list_dot_product({0}, {1})",
+        "vec_get": "({0})[({1}) + 1]",
+        "vec_collect": "list({0} ORDER BY {1})",
+        "vec_init": "list_transform(range(CAST({3} AS BIGINT)), lambda _k: {init})",
+    },
+    "spark": {
+        "vec_dot": "aggregate(zip_with({0}, {1}, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x)",
+        "vec_get": "element_at({0}, ({1}) + 1)",
+        "vec_collect": "transform(array_sort(collect_list(struct({1} AS _k, {0} AS _v))), _s -> _s._v)",
+        "vec_init": "transform(sequence(CAST(0 AS BIGINT), CAST({3} AS BIGINT) - 1), _k -> {init})",
+    },
+}
+
+
+# "let" binding, so a value used twice (h * h) is written once: the SQL stays linear in the
+# number of rounds instead of doubling with each squaring.
+_LET = {
+    "duckdb": "list_transform([{value}], lambda {var}: {body})[1]",
+    "spark": "transform(array({value}), {var} -> {body})[0]",
+}
+_INT_DIV = {"duckdb": "//", "spark": "DIV"}
+
+
+class _HashWriter:
+    """Writes the SQL twin of `als_core.init` for one dialect (every intermediate < 2^62, so
+    BIGINT never overflows)."""
+
+    def __init__(self, dialect: str):
+        self.dialect = dialect
+        self.n_vars = 0
+
+    def let(self, value: str, body) -> str:
+        self.n_vars += 1
+        var = f"_h{self.n_vars}"
+        return _LET[self.dialect].format(value=value, var=var, body=body(var))
+
+    def mix(self, h: str, x: str) -> str:
+        P = init.P
+        h = f"(({h} + ({x}) % {P}) % {P} * {init.A1} % {P})"
+        h = self.let(h, lambda v: f"(({v} * {v} + {init.C1}) % {P})")
+        h = f"(({h} * {init.A2} + {init.C2}) % {P})"
+        return self.let(h, lambda v: f"(({v} * {v} + ({x}) % {P}) % {P})")
+
+
+def init_component_sql(seed: str, side: str, key: str, scale: str, k: str, dialect: str) -> str:
+    """SQL expression for component ``k`` of the initial vector (see `als_core.init`)."""
+    P = init.P
+    w = _HashWriter(dialect)
+    h = f"(CAST({seed} AS BIGINT) % {P} * {init.A3} % {P})"
+    h = w.mix(h, f"CAST({side} AS BIGINT)")
+    h = w.mix(h, f"CAST({key} AS BIGINT) % 2147483648")
+    h = w.mix(h, f"CAST({key} AS BIGINT) {_INT_DIV[dialect]} 2147483648")
+    h = w.mix(h, f"CAST({k} AS BIGINT)")
+    return f"({scale}) * (2.0 * (CAST({h} AS DOUBLE) / {P}) - 1.0)"
+
+
+def _replace_portable(node: exp.Expression, dialect: str) -> exp.Expression:
+    if not isinstance(node, exp.Anonymous) or node.name.lower() not in _TEMPLATES[dialect]:
+        return node
+    name = node.name.lower()
+    args = [a.sql(dialect=dialect) for a in node.expressions]
+    fields = {}
+    if name == "vec_init":
+        seed, side, key, _rank, scale = args
+        fields["init"] = init_component_sql(seed, side, key, scale, "_k", dialect)
+    text = _TEMPLATES[dialect][name].format(*args, **fields)
+    return sqlglot.parse_one(text, read=dialect)
+
+
+@lru_cache(maxsize=None)
+def render(sql: str, dialect: str) -> str:
+    """The query in ``sql`` (DuckDB syntax with portable calls) for ``dialect``."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {DIALECTS}")
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    tree = tree.transform(lambda n: _replace_portable(n, dialect))
+    return tree.sql(dialect=dialect)
+
+
+def sql_dir() -> Path:
+    """The ``sql/`` folder: inside the installed package, or at the repository root."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_sql", here.parent / "sql"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("cannot find the sql/ folder of streaming-als")
+
+
+def load(name: str, dialect: str) -> str:
+    """The file ``sql/<name>.sql`` rendered for ``dialect``."""
+    return render((sql_dir() / f"{name}.sql").read_text(), dialect)

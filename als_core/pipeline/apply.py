@@ -1,0 +1,162 @@
+"""Use case: apply pending batches, in seq order, to every active model.
+
+Idempotent and safe to run concurrently: each model is applied under its own lock, and each
+version commit carries the app transaction (model_id, batch seq), so a batch is applied to a
+model at most once whatever runs at the same time (and exactly once once a run completes).
+A step whose result is not finite, or whose stored vectors do not have the model's rank, is
+refused before anything is committed; the model stays on its last good version and the
+failure is recorded in the model's ``note``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from als_core.engines.base import Engine, ModelSpec
+from als_core.metrics import mae, rmse
+from als_core.pipeline.models import model_specs
+from als_core.schema import DEFAULT_SCALE
+from als_core.store.warehouse import StoreError, Warehouse, now_utc
+
+
+class NumericalFaultError(StoreError):
+    """A step would have written non-finite or malformed factors; nothing was committed."""
+
+
+@dataclass
+class AppliedVersion:
+    model_id: str
+    version: int
+    batch_seq: int
+    n_ratings: int
+    n_rows: int
+    prequential_rmse: float | None
+    holdout_rmse: float | None = None
+
+
+@dataclass
+class ApplyReport:
+    applied: list[AppliedVersion] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # model_id -> message
+
+    def raise_failures(self) -> None:
+        if self.failures:
+            raise NumericalFaultError("; ".join(f"{m}: {msg}" for m, msg in self.failures.items()))
+
+
+def check_step_rows(rows: pa.Table, spec: ModelSpec, batch_seq: int) -> None:
+    """Refuse non-finite biases or vectors and vectors of the wrong length."""
+    where = f"model {spec.model_id!r}, batch {batch_seq}"
+    bias = rows["bias"].to_numpy(zero_copy_only=False)
+    if not np.all(np.isfinite(bias)):
+        raise NumericalFaultError(f"{where}: the step produced non-finite biases (gamma={spec.params.gamma} "
+                                  "too large?); refused, no version written")
+    vectors = pc.filter(rows["vector"], pc.is_valid(rows["vector"]))
+    lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != spec.params.rank or lengths.max() != spec.params.rank):
+        raise NumericalFaultError(f"{where}: stored vectors have length {int(lengths.min())}..{int(lengths.max())} "
+                                  f"but the model's rank is {spec.params.rank}; refused, no version written")
+    values = pc.list_flatten(vectors).to_numpy(zero_copy_only=False)
+    if not np.all(np.isfinite(values)):
+        raise NumericalFaultError(f"{where}: the step produced non-finite factors (gamma={spec.params.gamma} "
+                                  "too large?); refused, no version written")
+
+
+def _global_only_rows(warehouse: Warehouse, spec: ModelSpec, version: int, seq: int) -> pa.Table:
+    """A version for a batch without training ratings: the global row, unchanged."""
+    current = warehouse.factor_rows(spec.model_id, [], [], include_global=True)
+    latest = current.sort_by([("version", "descending")]).slice(0, 1).to_pylist()
+    n, mu = (latest[0]["n"], latest[0]["bias"]) if latest else (0, 0.0)
+    return pa.table({"model_id": [spec.model_id], "version": pa.array([version], pa.int64()), "side": ["global"],
+                     "id": pa.array([0], pa.int64()), "n": pa.array([n], pa.int64()), "bias": [float(mu)],
+                     "vector": pa.array([None], pa.list_(pa.float32())), "batch_seq": pa.array([seq], pa.int64())})
+
+
+def apply_batch(warehouse: Warehouse, engine: Engine, spec: ModelSpec, batch: dict,
+                clip: tuple[float, float] = DEFAULT_SCALE) -> AppliedVersion | None:
+    """Apply one ledger batch to one model (caller holds the model's lock). None if the batch
+    was applied already."""
+    seq = int(batch["seq"])
+    if warehouse.applied_seq(spec.model_id) >= seq:
+        return None
+    train = warehouse.batch_ratings(batch["batch_id"], holdout=False)
+    version = warehouse.current_version(spec.model_id) + 1
+    if train.num_rows:
+        result = engine.step(warehouse, spec, train, version, seq, clip)
+        rows, preq = result.rows, result.prequential
+        check_step_rows(rows, spec, seq)
+    else:
+        rows, preq = _global_only_rows(warehouse, spec, version, seq), None
+    if not warehouse.commit_factor_version(spec.model_id, rows, seq):
+        return None
+    preq_rmse = None
+    if preq is not None and preq.num_rows:
+        y, p = preq["rating"].to_numpy(), preq["prediction"].to_numpy()
+        preq_rmse = rmse(y, p)
+        record_evaluation(warehouse, spec.model_id, version, "prequential", y, p)
+    return AppliedVersion(spec.model_id, version, seq, train.num_rows, rows.num_rows, preq_rmse)
+
+
+def record_evaluation(warehouse: Warehouse, model_id: str, version: int, kind: str, y, p) -> tuple[float, float]:
+    r, a = rmse(y, p), mae(y, p)
+    warehouse.append("evaluations", pa.Table.from_pylist([{
+        "model_id": model_id, "version": version, "kind": kind, "rmse": r, "mae": a, "n": len(y),
+        "evaluated_at": now_utc()}]))
+    return r, a
+
+
+def evaluate_holdout(warehouse: Warehouse, engine: Engine, model_id: str, version: int | None = None,
+                     holdout: pa.Table | None = None, clip: tuple[float, float] = DEFAULT_SCALE,
+                     record: bool = True) -> tuple[float, float, int] | None:
+    """Holdout RMSE/MAE of a model version (the holdout rows are never trained on)."""
+    holdout = holdout if holdout is not None else warehouse.holdout_ratings()
+    if holdout.num_rows == 0:
+        return None
+    scores = engine.score(warehouse, model_id, holdout, version, clip)
+    if scores.num_rows == 0:
+        return None
+    y, p = scores["rating"].to_numpy(), scores["prediction"].to_numpy()
+    version = version if version is not None else warehouse.current_version(model_id)
+    if record:
+        r, a = record_evaluation(warehouse, model_id, version, "holdout", y, p)
+    else:
+        r, a = rmse(y, p), mae(y, p)
+    return r, a, len(y)
+
+
+def apply_pending(warehouse: Warehouse, engine: Engine, *, model_ids: list[str] | None = None,
+                  evaluate_every: int = 1, clip: tuple[float, float] = DEFAULT_SCALE,
+                  max_batches: int | None = None, on_version=None) -> ApplyReport:
+    """Apply every pending batch to every active model (or the given ones), in seq order.
+    Holdout evaluation runs every ``evaluate_every`` versions (0: never)."""
+    warehouse.ensure_tables()
+    report = ApplyReport()
+    specs = model_specs(warehouse)
+    if model_ids is not None:
+        specs = [s for s in specs if s.model_id in set(model_ids)]
+    ledger = warehouse.ledger().to_pylist()
+    holdout = warehouse.holdout_ratings() if evaluate_every else None
+    for spec in specs:
+        with warehouse.lock(f"model-{spec.model_id}"):
+            applied = warehouse.applied_seq(spec.model_id)
+            pending = [b for b in ledger if b["seq"] > applied][:max_batches]
+            for batch in pending:
+                try:
+                    done = apply_batch(warehouse, engine, spec, batch, clip)
+                except NumericalFaultError as fault:
+                    report.failures[spec.model_id] = str(fault)
+                    warehouse.upsert_models([{"model_id": spec.model_id, "note": f"{now_utc():%Y-%m-%d %H:%M:%S} {fault}"}])
+                    break
+                if done is None:
+                    continue
+                if evaluate_every and done.version % evaluate_every == 0:
+                    result = evaluate_holdout(warehouse, engine, spec.model_id, done.version, holdout, clip)
+                    done.holdout_rmse = result[0] if result else None
+                report.applied.append(done)
+                if on_version is not None:
+                    on_version(done)
+    return report

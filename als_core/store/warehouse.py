@@ -1,0 +1,284 @@
+"""The Delta factor store: every table of DESIGN.md under one warehouse URI.
+
+delta-rs (``deltalake``) is the only writer. Reads go through ``to_pyarrow_dataset()``, whose
+fragments carry each file's min/max statistics, so a filter on ``batch_id`` or ``id`` skips
+files that cannot match: reading one batch, or the factors of one batch's ids after
+compaction, costs O(batch), not O(history).
+
+Exactly-once:
+* a factor version is one Delta commit holding the changed rows plus the app transaction
+  ``(app_id=model_id, version=batch seq)``; "already applied?" is
+  ``transaction_version(model_id) >= seq``;
+* an ingested file's ratings commit carries the app transaction ``(app_id=batch_id)``, and the
+  ledger row (``batches``) is written last: a rerun after a crash skips what was committed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from als_core.store.schemas import TABLES, check_model_id
+
+DEFAULT_WAREHOUSE = "./warehouse"
+COMMIT_ATTEMPTS = 8
+
+
+class StoreError(RuntimeError):
+    """The store refused an operation (bad argument, or a state it cannot safely handle)."""
+
+
+def warehouse_uri(uri: str | os.PathLike | None = None) -> str:
+    """The warehouse URI: the argument, else $STREAMING_ALS_WAREHOUSE, else ./warehouse."""
+    return str(uri or os.environ.get("STREAMING_ALS_WAREHOUSE") or DEFAULT_WAREHOUSE)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
+    """Run ``fn`` again when delta-rs reports a conflicting concurrent commit (bounded,
+    exponential backoff with jitter). ``fn`` must re-read what it depends on."""
+    rng = np.random.default_rng()
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(base_delay * (2**attempt) * (0.5 + rng.random()))
+
+
+@dataclass
+class Warehouse:
+    uri: str
+    storage_options: dict[str, str] | None = None
+
+    def __init__(self, uri: str | os.PathLike | None = None, storage_options: dict[str, str] | None = None):
+        self.uri = warehouse_uri(uri)
+        self.storage_options = storage_options
+        if self.is_local:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.uri or self.uri.startswith("file://")
+
+    def table_uri(self, name: str) -> str:
+        if name not in TABLES:
+            raise StoreError(f"unknown table {name!r}")
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    def table(self, name: str, version: int | None = None) -> DeltaTable | None:
+        """The Delta table (latest, or as of a table version), or None if never written."""
+        try:
+            return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def ensure_tables(self) -> None:
+        """Create every table that does not exist yet (empty, with its schema)."""
+        for name, (schema, partition_by) in TABLES.items():
+            if self.table(name) is None:
+                try:
+                    write_deltalake(self.table_uri(name), schema.empty_table(), mode="ignore",
+                                    partition_by=partition_by, storage_options=self.storage_options)
+                except Exception:  # a concurrent creator won: fine if the table is there now
+                    if self.table(name) is None:
+                        raise
+
+    def read(self, name: str, filter: pds.Expression | None = None, columns: list[str] | None = None,
+             version: int | None = None) -> pa.Table:
+        """Rows of a table (empty table with the schema if it does not exist)."""
+        dt = self.table(name, version)
+        schema = TABLES[name][0]
+        if dt is None:
+            return schema.empty_table().select(columns) if columns else schema.empty_table()
+        dataset = dt.to_pyarrow_dataset()
+        return dataset.to_table(filter=filter, columns=columns)
+
+    def append(self, name: str, rows: pa.Table, txn: tuple[str, int] | None = None) -> None:
+        """Append rows (cast to the table's schema), optionally with an app transaction."""
+        schema, partition_by = TABLES[name]
+        rows = rows.select(schema.names).cast(schema)
+        props = CommitProperties(app_transactions=[Transaction(app_id=txn[0], version=txn[1])]) if txn else None
+        retry_commit(lambda: write_deltalake(self.table_uri(name), rows, mode="append", partition_by=partition_by,
+                                             commit_properties=props, storage_options=self.storage_options))
+
+    def overwrite(self, name: str, rows: pa.Table, predicate: str | None = None) -> None:
+        schema, partition_by = TABLES[name]
+        rows = rows.select(schema.names).cast(schema)
+        retry_commit(lambda: write_deltalake(self.table_uri(name), rows, mode="overwrite", predicate=predicate,
+                                             partition_by=partition_by, storage_options=self.storage_options))
+
+    def transaction_version(self, name: str, app_id: str) -> int | None:
+        dt = self.table(name)
+        return None if dt is None else dt.transaction_version(app_id)
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock among processes sharing a local warehouse (no-op for object
+        stores, where Dagster's run concurrency limits and the app transactions serialise)."""
+        if not self.is_local:
+            yield
+            return
+        folder = Path(self.uri) / "_locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{name}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ ledger and ratings
+    def ledger(self) -> pa.Table:
+        return self.read("batches").sort_by("seq")
+
+    def batch_record(self, batch_id: str) -> dict | None:
+        rows = self.read("batches", filter=pc.field("batch_id") == batch_id).to_pylist()
+        return rows[0] if rows else None
+
+    def batch_ratings(self, batch_id: str, holdout: bool | None = None) -> pa.Table:
+        """One batch's ratings (file statistics let the reader skip every other batch)."""
+        f = pc.field("batch_id") == batch_id
+        if holdout is not None:
+            f = f & (pc.field("holdout") == holdout)
+        return self.read("ratings", filter=f)
+
+    def holdout_ratings(self) -> pa.Table:
+        return self.read("ratings", filter=pc.field("holdout") == True)  # noqa: E712
+
+    # ------------------------------------------------------------------ models
+    def models(self, status: str | None = None) -> pa.Table:
+        models = self.read("models")
+        if status is not None:
+            models = models.filter(pc.equal(models["status"], status))
+        return models.sort_by("model_id")
+
+    def model_record(self, model_id: str) -> dict:
+        check_model_id(model_id)
+        rows = self.read("models", filter=pc.field("model_id") == model_id).to_pylist()
+        if not rows:
+            known = ", ".join(self.models()["model_id"].to_pylist()) or "none"
+            raise StoreError(f"no model {model_id!r} in {self.uri} (models: {known})")
+        return rows[0]
+
+    def upsert_models(self, rows: list[dict]) -> None:
+        """Add or replace model rows (the table is small: read, merge, overwrite, retried)."""
+        for row in rows:
+            check_model_id(row["model_id"])
+
+        def write():
+            current = {r["model_id"]: r for r in self.read("models").to_pylist()}
+            for row in rows:
+                current[row["model_id"]] = {**current.get(row["model_id"], {}), **row}
+            table = pa.Table.from_pylist(list(current.values()), schema=TABLES["models"][0])
+            write_deltalake(self.table_uri("models"), table, mode="overwrite", storage_options=self.storage_options)
+
+        with self.lock("models"):
+            retry_commit(write)
+
+    # ------------------------------------------------------------------ factors
+    def applied_seq(self, model_id: str) -> int:
+        """The seq of the last batch applied to the model (0 if none)."""
+        return self.transaction_version("factors", check_model_id(model_id)) or 0
+
+    def model_versions(self, model_id: str) -> pa.Table:
+        """One row per version: version, batch_seq, n (ratings seen), mu. The global row is
+        written by every version and kept by compaction, so this is the version history."""
+        rows = self.read(
+            "factors",
+            filter=(pc.field("model_id") == check_model_id(model_id)) & (pc.field("side") == "global"),
+            columns=["version", "batch_seq", "n", "bias"],
+        )
+        return rows.rename_columns(["version", "batch_seq", "n", "mu"]).sort_by("version")
+
+    def current_version(self, model_id: str) -> int:
+        versions = self.model_versions(model_id)["version"]
+        return int(pc.max(versions).as_py() or 0) if len(versions) else 0
+
+    def _factor_source_version(self, model_id: str, version: int | None) -> int | None:
+        """Delta table version to read a model version from: None = latest table, unless
+        compaction has since dropped rows that version needs (then: before that compaction)."""
+        if version is None:
+            return None
+        comp = self.read("compactions", filter=(pc.field("model_id") == model_id)
+                         & (pc.field("compacted_version") > version))
+        if comp.num_rows == 0:
+            return None
+        first = comp.sort_by("compacted_version").slice(0, 1).to_pylist()[0]
+        return int(first["delta_version_before"])
+
+    def factor_rows(self, model_id: str, user_ids=None, item_ids=None, version: int | None = None,
+                    include_global: bool = True) -> pa.Table:
+        """Stored rows (every version <= ``version``) of the given users and items of a model.
+        ``None`` ids mean all of that side. Dedupe to current rows happens in SQL."""
+        check_model_id(model_id)
+        f_side = []
+        for side, ids in (("user", user_ids), ("item", item_ids)):
+            cond = pc.field("side") == side
+            if ids is not None:
+                cond = cond & pc.field("id").isin(pa.array(np.unique(np.asarray(ids, dtype=np.int64))))
+            f_side.append(cond)
+        if include_global:
+            f_side.append(pc.field("side") == "global")
+        cond = f_side[0]
+        for c in f_side[1:]:
+            cond = cond | c
+        filt = (pc.field("model_id") == model_id) & cond
+        if version is not None:
+            filt = filt & (pc.field("version") <= version)
+        return self.read("factors", filter=filt, columns=["side", "id", "version", "n", "bias", "vector"],
+                         version=self._factor_source_version(model_id, version))
+
+    def factor_file_uris(self, model_id: str, user_ids=None, item_ids=None, version: int | None = None) -> list[str]:
+        """Data files of ``factors`` that may hold rows for these ids (for engines that read
+        Parquet directly, e.g. Spark): partition pruning plus min/max statistics on id."""
+        dt = self.table("factors", self._factor_source_version(check_model_id(model_id), version))
+        if dt is None:
+            return []
+        dataset = dt.to_pyarrow_dataset()
+        ids = [np.asarray(x, dtype=np.int64) for x in (user_ids, item_ids) if x is not None]
+        filt = pc.field("model_id") == model_id
+        if ids and user_ids is not None and item_ids is not None:
+            all_ids = np.unique(np.concatenate(ids))
+            filt = filt & (pc.field("id").isin(pa.array(all_ids)) | (pc.field("side") == "global"))
+        uris = [dt.table_uri.rstrip("/") + "/" + frag.path.split(dt.table_uri.rstrip("/").replace("file://", "") + "/")[-1]
+                for frag in dataset.get_fragments(filter=filt)]
+        return uris
+
+    def commit_factor_version(self, model_id: str, rows: pa.Table, seq: int | None) -> bool:
+        """Append one version's rows atomically with the app transaction (model_id, seq).
+        Returns False (and writes nothing) if that batch was already applied."""
+        check_model_id(model_id)
+        schema, partition_by = TABLES["factors"]
+        rows = rows.select(schema.names).cast(schema)
+        props = CommitProperties(app_transactions=[Transaction(app_id=model_id, version=seq)]) if seq else None
+
+        def write() -> bool:
+            if seq and self.applied_seq(model_id) >= seq:
+                return False
+            write_deltalake(self.table_uri("factors"), rows, mode="append", partition_by=partition_by,
+                            commit_properties=props, storage_options=self.storage_options)
+            return True
+
+        return retry_commit(write)
+
+
+__all__ = ["Warehouse", "StoreError", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]

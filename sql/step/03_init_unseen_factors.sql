@@ -1,0 +1,12 @@
+-- init_unseen_factors: unseen keys get bias 0, count 0 and the deterministic vector of
+-- (model seed, side, id) (vec_init: the same integer hash as als_core/init.py), rounded to
+-- FLOAT as the store would keep it, so every engine starts from identical numbers.
+SELECT j.side, j.id,
+       CASE WHEN j.unseen THEN CAST(0 AS BIGINT) ELSE j.n END AS n_before,
+       CASE WHEN j.unseen THEN CAST(0.0 AS DOUBLE) ELSE j.bias END AS bias,
+       CASE WHEN j.unseen
+            THEN CAST(CAST(vec_init(p.seed, CASE WHEN j.side = 'user' THEN 1 ELSE 2 END, j.id, p.rank, p.init_scale) AS FLOAT[]) AS DOUBLE[])
+            ELSE j.vector END AS vector
+FROM joined_factors AS j
+CROSS JOIN step_params AS p
+WHERE j.in_batch
