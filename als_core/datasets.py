@@ -176,7 +176,8 @@ def write_ratings(table: pa.Table, path: str | Path) -> Path:
 
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "batch.csv"
-    >>> table = synthetic_ratings(3, 2, 2, seed=0)
+    >>> table = pa.table({"user_id": [1, 2], "item_id": [5, 5], "rating": [4.5, 3.0],
+    ...                   "rated_at": [10, None]}, schema=RATING_SCHEMA)
     >>> _ = write_ratings(table, path)
     >>> path.read_text().splitlines()[0]
     'user_id,item_id,rating,timestamp'

@@ -23,6 +23,12 @@ STEP_FILES: list[tuple[str, str]] = [
     ("step/08_apply_gradients", "new_factor_rows"),
 ]
 
+# Scoring: the current state (step 1 over the stored rows) then predictions.
+SCORE_FILES: list[tuple[str, str]] = [
+    ("step/01_select_batch_factors", "model_state"),
+    ("score_ratings", "scores"),
+]
+
 
 @dataclass(frozen=True)
 class ModelSpec:

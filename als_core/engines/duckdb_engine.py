@@ -6,17 +6,29 @@ skipping); DuckDB's ``delta`` extension is never used.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import duckdb
 import pyarrow as pa
 
 from als_core.engines import sqlgen
-from als_core.engines.base import STEP_FILES, ModelSpec, StepResult, batch_relation, score_params
+from als_core.engines.base import SCORE_FILES, STEP_FILES, ModelSpec, StepResult, batch_relation, score_params
 
 
 def arrow_of(result) -> pa.Table:
     """A DuckDB result as a pyarrow Table (DuckDB 2 returns a RecordBatchReader)."""
     out = result.arrow()
     return out.read_all() if hasattr(out, "read_all") else pa.table(out)
+
+
+@lru_cache(maxsize=None)
+def _chained(steps: tuple[tuple[str, str], ...]) -> str:
+    ctes = ",\n".join(f'"{name}" AS MATERIALIZED (\n{sqlgen.load(file, "duckdb")}\n)' for file, name in steps)
+    return f'WITH {ctes}\nSELECT * FROM "{steps[-1][1]}"'
+
+
+def chained_query(steps: list[tuple[str, str]]) -> str:
+    return _chained(tuple(steps))
 
 
 class DuckDBEngine:
@@ -27,17 +39,14 @@ class DuckDBEngine:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
 
-    def _run(self, relations: dict[str, pa.Table], steps: list[tuple[str, str]]) -> pa.Table:
-        con = self.con.cursor()  # a fresh cursor: its temp objects are private to this call
+    def _run(self, relations: dict[str, pa.Table], queries: list[list[tuple[str, str]]]) -> list[pa.Table]:
+        """Run each chain of step files as one query: each file becomes a materialized CTE
+        named after the relation it defines (one round trip; DuckDB plans the chain at once)."""
+        con = self.con.cursor()  # a fresh cursor: registrations are private to this call
         try:
             for name, table in relations.items():
                 con.register(name, table)
-            result = None
-            for file, name in steps:
-                sql = sqlgen.load(file, "duckdb")
-                con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS {sql}')
-                result = name
-            return arrow_of(con.sql(f'SELECT * FROM "{result}"'))
+            return [arrow_of(con.sql(chained_query(steps))) for steps in queries]
         finally:
             con.close()
 
@@ -48,14 +57,12 @@ class DuckDBEngine:
         relations = {
             "stored_factors": stored,
             "batch_ratings": ratings,
+            "ratings_to_score": ratings,
             "step_params": model.step_params(new_version, batch_seq),
             "components": model.components(),
+            "score_params": score_params(clip),
         }
-        rows = self._run(relations, STEP_FILES)
-        prequential = self._run(
-            {"stored_factors": stored, "ratings_to_score": ratings, "score_params": score_params(clip)},
-            [(STEP_FILES[0][0], "model_state"), ("score_ratings", "scores")],
-        )
+        rows, prequential = self._run(relations, [STEP_FILES, SCORE_FILES])
         return StepResult(rows=rows, prequential=prequential)
 
     def score(self, warehouse, model_id: str, ratings: pa.Table, version: int | None,
@@ -63,9 +70,8 @@ class DuckDBEngine:
         relation = batch_relation(ratings)
         stored = warehouse.factor_rows(model_id, relation["user_id"].to_numpy(), relation["item_id"].to_numpy(), version)
         return self._run(
-            {"stored_factors": stored, "ratings_to_score": relation, "score_params": score_params(clip)},
-            [(STEP_FILES[0][0], "model_state"), ("score_ratings", "scores")],
-        )
+            {"stored_factors": stored, "ratings_to_score": relation, "score_params": score_params(clip)}, [SCORE_FILES]
+        )[0]
 
     def close(self) -> None:
         self.con.close()

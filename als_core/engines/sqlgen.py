@@ -9,13 +9,13 @@ Spark (sqlglot also transpiles lambdas, ``range`` vs ``sequence``, casts, and so
 portable call                          DuckDB                                       Spark
 =====================================  ===========================================  ==========================================
 ``vec_dot(a, b)``                      ``list_dot_product(a, b)``                   ``aggregate(zip_with(a, b, *), 0D, +)``
-``vec_get(v, k)`` (k from 0)           ``v[k + 1]``                                 ``element_at(v, k + 1)``
+``vec_get(v, k)`` (k from 0)           ``v[k + 1]``                                 ``element_at(v, CAST(k + 1 AS INT))``
 ``vec_collect(x, k)`` (aggregate)      ``list(x ORDER BY k)``                       ``transform(array_sort(collect_list(struct(k, x))), s -> s.x)``
 ``vec_init(seed, side, id, rank, s)``  the integer hash of `als_core.init`, one element per component
 =====================================  ===========================================  ==========================================
 
 >>> print(render("SELECT vec_get(v, c.k) AS x FROM t, c", "spark"))
-SELECT ELEMENT_AT(v, c.k + 1) AS x FROM t, c
+SELECT ELEMENT_AT(v, CAST((c.k) + 1 AS INT)) AS x FROM t, c
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _TEMPLATES = {
     },
     "spark": {
         "vec_dot": "aggregate(zip_with({0}, {1}, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x)",
-        "vec_get": "element_at({0}, ({1}) + 1)",
+        "vec_get": "element_at({0}, CAST(({1}) + 1 AS INT))",  # Spark's index argument is INT
         "vec_collect": "transform(array_sort(collect_list(struct({1} AS _k, {0} AS _v))), _s -> _s._v)",
         "vec_init": "transform(sequence(CAST(0 AS BIGINT), CAST({3} AS BIGINT) - 1), _k -> {init})",
     },

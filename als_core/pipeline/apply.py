@@ -20,6 +20,7 @@ from als_core.engines.base import Engine, ModelSpec
 from als_core.metrics import mae, rmse
 from als_core.pipeline.models import model_specs
 from als_core.schema import DEFAULT_SCALE
+from als_core.store.versions import compact_factors
 from als_core.store.warehouse import StoreError, Warehouse, now_utc
 
 
@@ -36,6 +37,7 @@ class AppliedVersion:
     n_rows: int
     prequential_rmse: float | None
     holdout_rmse: float | None = None
+    evaluations: list[dict] = field(default_factory=list)  # rows for the evaluations table
 
 
 @dataclass
@@ -66,6 +68,18 @@ def check_step_rows(rows: pa.Table, spec: ModelSpec, batch_seq: int) -> None:
                                   "too large?); refused, no version written")
 
 
+def check_stored_rank(warehouse: Warehouse, spec: ModelSpec, batch: pa.Table, batch_seq: int) -> None:
+    """Refuse a batch whose stored vectors do not have the model's rank (only checked when a
+    step fails: the engines cannot multiply vectors of different lengths)."""
+    stored = warehouse.factor_rows(spec.model_id, batch["user_id"].to_numpy(), batch["item_id"].to_numpy(),
+                                   include_global=False)
+    lengths = pc.list_value_length(stored["vector"]).drop_null().to_numpy(zero_copy_only=False)
+    bad = lengths[lengths != spec.params.rank]
+    if len(bad):
+        raise NumericalFaultError(f"model {spec.model_id!r}, batch {batch_seq}: stored vectors have length "
+                                  f"{int(bad[0])} but the model's rank is {spec.params.rank}; refused, no version written")
+
+
 def _global_only_rows(warehouse: Warehouse, spec: ModelSpec, version: int, seq: int) -> pa.Table:
     """A version for a batch without training ratings: the global row, unchanged."""
     current = warehouse.factor_rows(spec.model_id, [], [], include_global=True)
@@ -77,36 +91,43 @@ def _global_only_rows(warehouse: Warehouse, spec: ModelSpec, version: int, seq: 
 
 
 def apply_batch(warehouse: Warehouse, engine: Engine, spec: ModelSpec, batch: dict,
-                clip: tuple[float, float] = DEFAULT_SCALE) -> AppliedVersion | None:
-    """Apply one ledger batch to one model (caller holds the model's lock). None if the batch
-    was applied already."""
+                clip: tuple[float, float] = DEFAULT_SCALE, version: int | None = None) -> AppliedVersion | None:
+    """Apply one ledger batch to one model as ``version`` (default: the next one); the caller
+    holds the model's lock. None if the batch was applied already."""
     seq = int(batch["seq"])
     if warehouse.applied_seq(spec.model_id) >= seq:
         return None
     train = warehouse.batch_ratings(batch["batch_id"], holdout=False)
-    version = warehouse.current_version(spec.model_id) + 1
+    version = version if version is not None else warehouse.current_version(spec.model_id) + 1
     if train.num_rows:
-        result = engine.step(warehouse, spec, train, version, seq, clip)
+        try:
+            result = engine.step(warehouse, spec, train, version, seq, clip)
+        except Exception:
+            check_stored_rank(warehouse, spec, train, seq)  # the likely cause, named clearly
+            raise
         rows, preq = result.rows, result.prequential
         check_step_rows(rows, spec, seq)
     else:
         rows, preq = _global_only_rows(warehouse, spec, version, seq), None
     if not warehouse.commit_factor_version(spec.model_id, rows, seq):
         return None
-    preq_rmse = None
+    done = AppliedVersion(spec.model_id, version, seq, train.num_rows, rows.num_rows, None)
     if preq is not None and preq.num_rows:
         y, p = preq["rating"].to_numpy(), preq["prediction"].to_numpy()
-        preq_rmse = rmse(y, p)
-        record_evaluation(warehouse, spec.model_id, version, "prequential", y, p)
-    return AppliedVersion(spec.model_id, version, seq, train.num_rows, rows.num_rows, preq_rmse)
+        done.prequential_rmse = rmse(y, p)
+        done.evaluations.append(evaluation_row(spec.model_id, version, "prequential", y, p))
+    return done
+
+
+def evaluation_row(model_id: str, version: int, kind: str, y, p) -> dict:
+    return {"model_id": model_id, "version": version, "kind": kind, "rmse": rmse(y, p), "mae": mae(y, p), "n": len(y),
+            "evaluated_at": now_utc()}
 
 
 def record_evaluation(warehouse: Warehouse, model_id: str, version: int, kind: str, y, p) -> tuple[float, float]:
-    r, a = rmse(y, p), mae(y, p)
-    warehouse.append("evaluations", pa.Table.from_pylist([{
-        "model_id": model_id, "version": version, "kind": kind, "rmse": r, "mae": a, "n": len(y),
-        "evaluated_at": now_utc()}]))
-    return r, a
+    row = evaluation_row(model_id, version, kind, y, p)
+    warehouse.append("evaluations", pa.Table.from_pylist([row]))
+    return row["rmse"], row["mae"]
 
 
 def evaluate_holdout(warehouse: Warehouse, engine: Engine, model_id: str, version: int | None = None,
@@ -128,11 +149,23 @@ def evaluate_holdout(warehouse: Warehouse, engine: Engine, model_id: str, versio
     return r, a, len(y)
 
 
+def holdout_evaluation(engine: Engine, warehouse: Warehouse, model_id: str, version: int, holdout: pa.Table,
+                       clip: tuple[float, float]) -> dict | None:
+    """The holdout evaluation row of a version (not written), or None without holdout data."""
+    if holdout is None or holdout.num_rows == 0:
+        return None
+    scores = engine.score(warehouse, model_id, holdout, version, clip)
+    if scores.num_rows == 0:
+        return None
+    return evaluation_row(model_id, version, "holdout", scores["rating"].to_numpy(), scores["prediction"].to_numpy())
+
+
 def apply_pending(warehouse: Warehouse, engine: Engine, *, model_ids: list[str] | None = None,
                   evaluate_every: int = 1, clip: tuple[float, float] = DEFAULT_SCALE,
-                  max_batches: int | None = None, on_version=None) -> ApplyReport:
+                  max_batches: int | None = None, compact_every: int = 50, on_version=None) -> ApplyReport:
     """Apply every pending batch to every active model (or the given ones), in seq order.
-    Holdout evaluation runs every ``evaluate_every`` versions (0: never)."""
+    Holdout evaluation runs every ``evaluate_every`` versions (0: never); the model's factors
+    are compacted every ``compact_every`` versions (0: never) so reads stay O(batch)."""
     warehouse.ensure_tables()
     report = ApplyReport()
     specs = model_specs(warehouse)
@@ -144,18 +177,26 @@ def apply_pending(warehouse: Warehouse, engine: Engine, *, model_ids: list[str] 
         with warehouse.lock(f"model-{spec.model_id}"):
             applied = warehouse.applied_seq(spec.model_id)
             pending = [b for b in ledger if b["seq"] > applied][:max_batches]
+            version = warehouse.current_version(spec.model_id) if pending else 0
             for batch in pending:
                 try:
-                    done = apply_batch(warehouse, engine, spec, batch, clip)
+                    done = apply_batch(warehouse, engine, spec, batch, clip, version=version + 1)
                 except NumericalFaultError as fault:
                     report.failures[spec.model_id] = str(fault)
                     warehouse.upsert_models([{"model_id": spec.model_id, "note": f"{now_utc():%Y-%m-%d %H:%M:%S} {fault}"}])
                     break
                 if done is None:
                     continue
+                version = done.version
+                if compact_every and done.version % compact_every == 0:
+                    compact_factors(warehouse, spec.model_id, locked=True)
                 if evaluate_every and done.version % evaluate_every == 0:
-                    result = evaluate_holdout(warehouse, engine, spec.model_id, done.version, holdout, clip)
-                    done.holdout_rmse = result[0] if result else None
+                    row = holdout_evaluation(engine, warehouse, spec.model_id, done.version, holdout, clip)
+                    if row is not None:
+                        done.holdout_rmse = row["rmse"]
+                        done.evaluations.append(row)
+                if done.evaluations:  # one commit for the version's evaluations
+                    warehouse.append("evaluations", pa.Table.from_pylist(done.evaluations))
                 report.applied.append(done)
                 if on_version is not None:
                     on_version(done)

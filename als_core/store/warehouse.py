@@ -71,6 +71,7 @@ class Warehouse:
     def __init__(self, uri: str | os.PathLike | None = None, storage_options: dict[str, str] | None = None):
         self.uri = warehouse_uri(uri)
         self.storage_options = storage_options
+        self._tables: dict[str, DeltaTable] = {}  # latest snapshots, refreshed incrementally
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True)
 
@@ -85,11 +86,24 @@ class Warehouse:
         return f"{self.uri.rstrip('/')}/{name}"
 
     def table(self, name: str, version: int | None = None) -> DeltaTable | None:
-        """The Delta table (latest, or as of a table version), or None if never written."""
+        """The Delta table (latest, or as of a table version), or None if never written.
+        Latest snapshots are cached and brought up to date incrementally (only new log
+        entries are read), which keeps per-batch overhead flat as history grows."""
         try:
-            return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
+            if version is not None:
+                return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
+            cached = self._tables.get(name)
+            if cached is None:
+                cached = self._tables[name] = DeltaTable(self.table_uri(name), storage_options=self.storage_options)
+            else:
+                cached.update_incremental()
+            return cached
         except TableNotFoundError:
             return None
+
+    def _target(self, name: str):
+        """What to hand write_deltalake: the cached table (saves a log replay) or the URI."""
+        return self.table(name) or self.table_uri(name)
 
     def ensure_tables(self) -> None:
         """Create every table that does not exist yet (empty, with its schema)."""
@@ -117,7 +131,7 @@ class Warehouse:
         schema, partition_by = TABLES[name]
         rows = rows.select(schema.names).cast(schema)
         props = CommitProperties(app_transactions=[Transaction(app_id=txn[0], version=txn[1])]) if txn else None
-        retry_commit(lambda: write_deltalake(self.table_uri(name), rows, mode="append", partition_by=partition_by,
+        retry_commit(lambda: write_deltalake(self._target(name), rows, mode="append", partition_by=partition_by,
                                              commit_properties=props, storage_options=self.storage_options))
 
     def overwrite(self, name: str, rows: pa.Table, predicate: str | None = None) -> None:
@@ -248,20 +262,44 @@ class Warehouse:
                          version=self._factor_source_version(model_id, version))
 
     def factor_file_uris(self, model_id: str, user_ids=None, item_ids=None, version: int | None = None) -> list[str]:
-        """Data files of ``factors`` that may hold rows for these ids (for engines that read
-        Parquet directly, e.g. Spark): partition pruning plus min/max statistics on id."""
-        dt = self.table("factors", self._factor_source_version(check_model_id(model_id), version))
+        """Data files of ``factors`` that may hold the model's rows (versions <= ``version``) of
+        these users and items (``None``: every key of that side), the global row always included,
+        for engines that read Parquet directly (Spark). Partition pruning on ``model_id`` plus the
+        files' min/max statistics on side, id and version; a superset: filter the rows after
+        reading. Absolute URIs: ``file:///...`` for a local warehouse (so a cluster whose default
+        file system is HDFS still reads the local disk), the store's own URI otherwise
+        (``s3://``, ``gs://``, ``az://``, ``abfss://``...; an engine may map the scheme, e.g. s3 -> s3a).
+
+        Raises StoreError if the table's files are not plain Parquet (reader version > 1, e.g.
+        deletion vectors or column mapping): reading the listed files would return wrong rows."""
+        check_model_id(model_id)
+        dt = self.table("factors", self._factor_source_version(model_id, version))
         if dt is None:
             return []
-        dataset = dt.to_pyarrow_dataset()
-        ids = [np.asarray(x, dtype=np.int64) for x in (user_ids, item_ids) if x is not None]
-        filt = pc.field("model_id") == model_id
-        if ids and user_ids is not None and item_ids is not None:
-            all_ids = np.unique(np.concatenate(ids))
-            filt = filt & (pc.field("id").isin(pa.array(all_ids)) | (pc.field("side") == "global"))
-        uris = [dt.table_uri.rstrip("/") + "/" + frag.path.split(dt.table_uri.rstrip("/").replace("file://", "") + "/")[-1]
-                for frag in dataset.get_fragments(filter=filt)]
-        return uris
+        protocol = dt.protocol()
+        reader_features = list(protocol.reader_features or [])
+        if protocol.min_reader_version != 1 or "deletionVectors" in reader_features:
+            raise StoreError(
+                f"the factors table at {self.table_uri('factors')} (Delta version {dt.version()}) needs reader "
+                f"version {protocol.min_reader_version} (reader features: {', '.join(reader_features) or 'none'}); "
+                "its data files cannot be read as plain Parquet, which engines without a Delta reader (Spark "
+                "without delta-spark) rely on. Use reader version 1 tables without deletion vectors, "
+                "e.g. rewrite the table with delta-rs (write_deltalake mode='overwrite') into a new warehouse.")
+        common = [("model_id", "=", model_id)]
+        if version is not None:
+            common.append(("version", "<=", int(version)))
+        groups = [common + [("side", "=", "global")]]
+        for side, ids in (("user", user_ids), ("item", item_ids)):
+            if ids is None:
+                groups.append(common + [("side", "=", side)])
+                continue
+            ids = np.unique(np.asarray(ids, dtype=np.int64))
+            if len(ids):
+                groups.append(common + [("side", "=", side), ("id", "in", ids.tolist())])
+        uris = dt.file_uris(file_pruning_predicate=groups)
+        # delta-rs gives local files as plain absolute paths: make them file:// URIs (not
+        # percent-encoded: Hadoop's Path quotes the path itself).
+        return [u if "://" in u else "file://" + os.path.abspath(u) for u in uris]
 
     def commit_factor_version(self, model_id: str, rows: pa.Table, seq: int | None) -> bool:
         """Append one version's rows atomically with the app transaction (model_id, seq).
@@ -274,7 +312,7 @@ class Warehouse:
         def write() -> bool:
             if seq and self.applied_seq(model_id) >= seq:
                 return False
-            write_deltalake(self.table_uri("factors"), rows, mode="append", partition_by=partition_by,
+            write_deltalake(self._target("factors"), rows, mode="append", partition_by=partition_by,
                             commit_properties=props, storage_options=self.storage_options)
             return True
 
