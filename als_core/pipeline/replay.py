@@ -41,7 +41,7 @@ def landing_file_name(stem: str, index: int) -> str:
 def drop_file(table, landing: Path, name: str) -> Path:
     """Write-then-rename into the landing folder (the sensor's completeness convention)."""
     landing.mkdir(parents=True, exist_ok=True)
-    tmp = landing / f".{name}.tmp"
+    tmp = landing / f".tmp-{name}"  # hidden until renamed; keeps the extension for the writer
     write_ratings(table, tmp)
     final = landing / name
     os.replace(tmp, final)
