@@ -74,10 +74,9 @@ def factor_rows_from_model(model_id: str, model: FactorModel, version: int, batc
 def bootstrap_model(warehouse: Warehouse, model_id: str, model: FactorModel, through_seq: int | None) -> int:
     """Write a full model (e.g. batch ALS) as the model's next version. ``through_seq``: the
     last batch it already learned from (those batches will not be applied again)."""
-    warehouse.model_record(model_id)
-    if model.rank != ModelSpec.from_record(warehouse.model_record(model_id)).params.rank:
-        raise StoreError(f"model {model_id!r} has rank {ModelSpec.from_record(warehouse.model_record(model_id)).params.rank},"
-                         f" the bootstrap model has rank {model.rank}")
+    rank = ModelSpec.from_record(warehouse.model_record(model_id)).params.rank
+    if model.rank != rank:
+        raise StoreError(f"model {model_id!r} has rank {rank}, the bootstrap model has rank {model.rank}")
     with warehouse.lock(f"model-{model_id}"):
         version = warehouse.current_version(model_id) + 1
         warehouse.commit_factor_version(model_id, factor_rows_from_model(model_id, model, version), through_seq)
