@@ -1,18 +1,58 @@
 """The DuckDB engine: runs the sql/ steps on Arrow relations in an in-process DuckDB.
 
-Stored factors come from the store as Arrow (delta-rs ``to_pyarrow_dataset()`` with file
-skipping); DuckDB's ``delta`` extension is never used.
+Stored factors come from the store as Arrow; DuckDB's ``delta`` extension is never used.
+
+Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
+
+* **One statement per step.** The step chain and the prequential scoring run as one query:
+  every sql/ file is a CTE, the scoring reads the step's ``batch_factors`` (the rows its own
+  first file would compute from the same ``stored_factors``), and the two results come back
+  as one Arrow table split by a tag column. Each thread keeps one DuckDB relation per query
+  text and runs it again at every step: one parse, bind and plan per step (building the
+  relation from the text each time parses and binds it twice, and the scoring was a second
+  query). A CTE read by two or more later parts is MATERIALIZED; one read once is NOT
+  MATERIALIZED, so DuckDB streams it into its reader (the long-form gradients, rank x 2
+  rows per rating, go straight into their GROUP BY instead of being stored first).
+* **Factor reads from a cache of immutable files.** Delta data files never change once
+  written, so the engine keeps the decoded rows of the model's ``factors`` files (numpy
+  columns sorted by (side, id)) in a byte-bounded LRU cache keyed by path. Which files are
+  live comes from the Delta snapshot at every step, so a commit, a compaction or a rollback
+  by anyone is seen at once; only files never seen before are read (the last commit's small
+  file; the whole store once per process and after each compaction). Finding a batch's
+  rows is one binary search per live file: O(batch x log n), whatever the store's size.
+  The step receives every stored row of the batch's keys and the model's latest global row
+  (older global rows cannot change its result: it keeps the latest row per key). Object
+  stores, time travel and files the cache cannot hold use `Warehouse.factor_rows`.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from als_core.engines import sqlgen
 from als_core.engines.base import SCORE_FILES, STEP_FILES, ModelSpec, StepResult, batch_relation, score_params
+from als_core.store.schemas import check_model_id
+
+#: Default size of the factor file cache (bytes of decoded Arrow data), overridable with the
+#: environment variable STREAMING_ALS_DUCKDB_CACHE_BYTES or the engine's ``cache_bytes``.
+DEFAULT_CACHE_BYTES = 4 << 30
+STORED_COLUMNS = ["side", "id", "version", "n", "bias", "vector"]
+STORED_SCHEMA = pa.schema([("side", pa.string()), ("id", pa.int64()), ("version", pa.int64()), ("n", pa.int64()),
+                           ("bias", pa.float64()), ("vector", pa.list_(pa.float32()))])
+_SIDES = ("user", "item", "global")
+_PART = "_part"
+ROW_COLUMNS = ["model_id", "version", "side", "id", "n", "bias", "vector", "batch_seq"]
+SCORE_COLUMNS = ["rating_seq", "rating", "prediction"]
 
 
 def arrow_of(result) -> pa.Table:
@@ -21,39 +61,335 @@ def arrow_of(result) -> pa.Table:
     return out.read_all() if hasattr(out, "read_all") else pa.table(out)
 
 
+def _with(ctes: list[tuple[str, str]], final: str, inline: tuple[str, ...] = ()) -> str:
+    """``WITH ... <final>`` over (name, body) CTEs. A CTE read by two or more later parts is
+    MATERIALIZED (computed once); one read once is NOT MATERIALIZED, so DuckDB inlines it and
+    streams it into its reader: the step's long-form gradients (rank x 2 rows per rating) then
+    flow straight into their GROUP BY instead of being stored first. ``inline``: CTEs never
+    materialized (aliases of a materialized one)."""
+    texts = [re.sub(r"/\*.*?\*/|--[^\n]*", " ", body, flags=re.S) for _, body in ctes] + [final]
+    parts = []
+    for at, (name, body) in enumerate(ctes):
+        quoted = re.escape(f'"{name}"')
+        pattern = re.compile(rf"(?<![\w\"']){re.escape(name)}(?![\w\"'])|{quoted}")
+        readers = sum(len(pattern.findall(text)) for text in texts[at + 1:])
+        keyword = "MATERIALIZED" if readers > 1 and name not in inline else "NOT MATERIALIZED"
+        parts.append(f'"{name}" AS {keyword} (\n{body}\n)')
+    return "WITH " + ",\n".join(parts) + "\n" + final
+
+
+def _bodies(steps) -> list[tuple[str, str]]:
+    return [(name, sqlgen.load(file, "duckdb")) for file, name in steps]
+
+
 @lru_cache(maxsize=None)
 def _chained(steps: tuple[tuple[str, str], ...]) -> str:
-    ctes = ",\n".join(f'"{name}" AS MATERIALIZED (\n{sqlgen.load(file, "duckdb")}\n)' for file, name in steps)
-    return f'WITH {ctes}\nSELECT * FROM "{steps[-1][1]}"'
+    return _with(_bodies(steps), f'SELECT * FROM "{steps[-1][1]}"')
 
 
 def chained_query(steps: list[tuple[str, str]]) -> str:
     return _chained(tuple(steps))
 
 
+@lru_cache(maxsize=None)
+def step_and_score_query() -> str:
+    """The step chain and the prequential scores in one statement, rows tagged by ``_part``.
+
+    The scoring's first file (select_batch_factors over ``stored_factors``) is the step's
+    first file over the same relation, so ``model_state`` is an alias of ``batch_factors``."""
+    (first_file, state_name), *score_rest = SCORE_FILES
+    step_first_file, step_first_name = STEP_FILES[0]
+    if first_file != step_first_file:  # the sharing below relies on it
+        raise RuntimeError("the scoring no longer starts with the step's first file")
+    ctes = _bodies(STEP_FILES) + [(state_name, f'SELECT * FROM "{step_first_name}"')] + _bodies(score_rest)
+    rows, scores = STEP_FILES[-1][1], score_rest[-1][1]
+    return _with(ctes, f"SELECT 'rows' AS {_PART}, * FROM \"{rows}\"\n"
+                       f"UNION ALL BY NAME\n"
+                       f"SELECT 'scores' AS {_PART}, * FROM \"{scores}\"", inline=(state_name,))
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The concatenation of range(lo[k], hi[k]) for every k (vectorised)."""
+    lengths = hi - lo
+    if len(lengths) == 0 or lengths.max(initial=0) <= 1:
+        return lo[lengths == 1]
+    keep = lengths > 0
+    lo, lengths = lo[keep], lengths[keep]
+    starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return starts + np.arange(lengths.sum())
+
+
+class _CachedFile:
+    """The decoded rows of one ``factors`` data file as numpy columns, sorted by (side, id).
+
+    Vectors of one length (the model's rank) are kept as one 2-d float32 array; a file whose
+    vectors have different lengths (a wrong-rank write the step must see, and refuse, as it
+    is) or null components keeps its Arrow list column instead."""
+
+    __slots__ = ("codes", "keys", "bounds", "unique", "version", "n", "n_valid", "bias", "bias_valid",
+                 "vectors", "vector_valid", "vector_list", "nbytes")
+
+    def __init__(self, table: pa.Table):
+        table = table.combine_chunks()
+        codes = np.full(table.num_rows, -1, dtype=np.int8)
+        for code, name in enumerate(_SIDES):
+            codes[pc.equal(table["side"], name).to_numpy(zero_copy_only=False)] = code
+        if (codes < 0).any() or table["id"].null_count or table["version"].null_count:
+            raise ValueError("unexpected side, or null id/version")
+        ids = table["id"].to_numpy()
+        in_order = np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (ids[1:] >= ids[:-1])))
+        if not in_order:
+            order = np.lexsort((ids, codes))
+            table, codes, ids = table.take(order), codes[order], ids[order]
+        self.codes, self.keys = codes, ids
+        self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
+        self.unique = [bool(np.all(np.diff(ids[lo:hi]) > 0)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+        self.version = table["version"].to_numpy()
+        self.n, self.n_valid = _values(table["n"], 0)
+        self.bias, self.bias_valid = _values(table["bias"], 0.0)
+        vector = table["vector"].chunk(0) if table["vector"].num_chunks else pa.array([], STORED_SCHEMA.field("vector").type)
+        valid = vector.is_valid().to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(vector).to_numpy(zero_copy_only=False)[valid] if len(vector) else np.zeros(0)
+        self.vector_valid, self.vectors, self.vector_list = valid, None, None
+        flat = pc.list_flatten(vector)
+        if (len(lengths) == 0 or lengths.min() == lengths.max()) and flat.null_count == 0:
+            rank = int(lengths[0]) if len(lengths) else 0
+            dense = np.zeros((len(vector), rank), dtype=np.float32)
+            dense[valid] = flat.to_numpy(zero_copy_only=False).reshape(-1, rank)
+            self.vectors = dense
+        else:  # lengths differ, or null components: kept as they are
+            self.vector_list = vector
+        self.nbytes = sum(a.nbytes for a in (self.codes, self.keys, self.bounds, self.version, self.n, self.bias,
+                                             self.vector_valid) if a is not None)
+        self.nbytes += self.vectors.nbytes if self.vectors is not None else vector.nbytes
+
+    def rows(self, code: int, ids: np.ndarray) -> np.ndarray:
+        """Positions of the rows of side ``code`` whose id is in ``ids`` (sorted, unique)."""
+        lo, hi = self.bounds[code], self.bounds[code + 1]
+        if lo == hi or len(ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        keys = self.keys[lo:hi]
+        if self.unique[code]:  # one row per key: one binary search
+            at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+            return lo + at[keys[at] == ids]
+        return lo + _ranges(np.searchsorted(keys, ids, "left"), np.searchsorted(keys, ids, "right"))
+
+    def latest_global(self) -> tuple[int, int] | None:
+        """(version, position) of the file's latest global row."""
+        lo, hi = self.bounds[2], self.bounds[3]
+        if lo == hi:
+            return None
+        at = lo + int(np.argmax(self.version[lo:hi]))
+        return int(self.version[at]), at
+
+
+def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | None]:
+    """A nullable numeric column as (values with ``fill`` for nulls, validity or None)."""
+    array = column.chunk(0) if column.num_chunks else pa.array([], column.type)
+    if array.null_count == 0:
+        return array.to_numpy(zero_copy_only=False), None
+    return array.fill_null(fill).to_numpy(zero_copy_only=False), array.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _gather(parts: list[tuple[_CachedFile, np.ndarray]]) -> pa.Table:
+    """The rows at the given positions of each cached file, as one STORED_SCHEMA table."""
+    def cat(arrays, dtype):
+        return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+    def nullable(values_of, valid_of, dtype):
+        values = cat([values_of(e)[r] for e, r in parts], dtype)
+        if all(valid_of(e) is None for e, _ in parts):
+            return pa.array(values)
+        valid = cat([valid_of(e)[r] if valid_of(e) is not None else np.ones(len(r), bool) for e, r in parts], bool)
+        return pa.array(values, mask=~valid)
+
+    side = pa.array(_SIDES).take(pa.array(cat([e.codes[r] for e, r in parts], np.int8)))
+    ids = pa.array(cat([e.keys[r] for e, r in parts], np.int64))
+    version = pa.array(cat([e.version[r] for e, r in parts], np.int64))
+    n = nullable(lambda e: e.n, lambda e: e.n_valid, np.int64)
+    bias = nullable(lambda e: e.bias, lambda e: e.bias_valid, np.float64)
+    ranks = {e.vectors.shape[1] if e.vectors is not None else -1 for e, r in parts if len(r)}
+    if len(ranks) <= 1 and -1 not in ranks:
+        rank = ranks.pop() if ranks else 0
+        valid = cat([e.vector_valid[r] for e, r in parts], bool)
+        dense = np.concatenate([e.vectors[r] for e, r in parts]) if parts else np.zeros((0, rank), np.float32)
+        offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+        np.cumsum(valid * rank, out=offsets[1:])
+        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(dense[valid].reshape(-1)),
+                                          type=STORED_SCHEMA.field("vector").type, mask=pa.array(~valid))
+    else:  # vectors of different lengths: Arrow takes, per file
+        pieces = []
+        for e, r in parts:
+            if e.vector_list is not None:
+                pieces.append(e.vector_list.take(pa.array(r)))
+            else:
+                pieces.append(_gather([(e, r)])["vector"].chunk(0) if len(r) else
+                              pa.array([], STORED_SCHEMA.field("vector").type))
+        vector = pa.concat_arrays(pieces)
+    return pa.Table.from_arrays([side, ids, version, n, bias, vector], schema=STORED_SCHEMA)
+
+
+class FactorFileCache:
+    """Byte-bounded LRU cache of decoded ``factors`` data files (immutable once written)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._files: OrderedDict[str, _CachedFile] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._uncacheable: set[str] = set()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, path: str) -> _CachedFile | None:
+        """The decoded file (read on a miss), or None if it cannot be cached (too big, or a
+        schema this reader does not know): the caller then uses the store's reader."""
+        with self._lock:
+            entry = self._files.get(path)
+            if entry is not None:
+                self._files.move_to_end(path)
+                self.hits += 1
+                return entry
+            if path in self._uncacheable:
+                return None
+        self.misses += 1
+        try:
+            table = pq.read_table(path, columns=STORED_COLUMNS).cast(STORED_SCHEMA)
+            entry = _CachedFile(table)
+        except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            entry = None
+        if entry is None or entry.nbytes > self.max_bytes:
+            with self._lock:
+                self._uncacheable.add(path)
+            return None
+        with self._lock:
+            if path not in self._files:
+                self._files[path] = entry
+                self._bytes += entry.nbytes
+            while self._bytes > self.max_bytes and len(self._files) > 1:
+                _, old = self._files.popitem(last=False)
+                self._bytes -= old.nbytes
+        return entry
+
+    def retain(self, folder: str, live: set[str]) -> None:
+        """Drop the cached files under ``folder`` that are no longer live (e.g. replaced by a
+        compaction), so a model's old files do not wait for the LRU to push them out."""
+        with self._lock:
+            for path in [p for p in self._files if folder in p and p not in live]:
+                self._bytes -= self._files.pop(path).nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._files.clear()
+            self._uncacheable.clear()
+            self._bytes = 0
+
+
+def _sorted_ids(ids) -> np.ndarray | None:
+    """Sorted distinct ids (sort + mask: many times faster than np.unique on 10^5 ids)."""
+    if ids is None:
+        return None
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
+
+
 class DuckDBEngine:
     name = "duckdb"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, cache_bytes: int | None = None):
         self.con = duckdb.connect()
+        self._local = threading.local()
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
+        if cache_bytes is None:
+            cache_bytes = int(os.environ.get("STREAMING_ALS_DUCKDB_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+        self.cache = FactorFileCache(cache_bytes) if cache_bytes > 0 else None
+
+    # ------------------------------------------------------------------ reading stored factors
+    def stored_factor_rows(self, warehouse, model_id: str, user_ids=None, item_ids=None,
+                           version: int | None = None) -> pa.Table:
+        """The model's stored rows (side, id, version, n, bias, vector) of these users and
+        items (None: all of that side) plus its global row(s), as of ``version`` (None:
+        latest): from the cache of decoded files when it can (latest version, local store),
+        else `Warehouse.factor_rows`. Either way the step computes the same result."""
+        rows = self._cached_factor_rows(warehouse, model_id, user_ids, item_ids) if version is None else None
+        if rows is None:
+            rows = warehouse.factor_rows(model_id, user_ids, item_ids, version)
+        return rows
+
+    def _cached_factor_rows(self, warehouse, model_id: str, user_ids, item_ids) -> pa.Table | None:
+        """The step's stored rows from the cache: every row of the batch's users and items in
+        the model's live files, and the model's latest global row (the step keeps only the
+        latest row per key, so older global rows change nothing). None: use the store's reader."""
+        if self.cache is None or not getattr(warehouse, "is_local", False):
+            return None
+        check_model_id(model_id)
+        dt = warehouse.table("factors")
+        if dt is None:
+            return None
+        if dt.protocol().min_reader_version != 1:  # deletion vectors, column mapping...: not plain Parquet
+            return None
+        folder = f"/model_id={model_id}/"  # delta-rs and the Spark engine write Hive-style partition folders
+        paths = [u[len("file://"):] if u.startswith("file://") else u for u in dt.file_uris() if folder in u]
+        if any("://" in p for p in paths):
+            return None
+        self.cache.retain(folder, set(paths))
+        wanted = [(0, _sorted_ids(user_ids)), (1, _sorted_ids(item_ids))]
+        parts: list[tuple[_CachedFile, np.ndarray]] = []
+        latest = None
+        for path in paths:
+            entry = self.cache.get(path)
+            if entry is None:
+                return None
+            for code, ids in wanted:
+                rows = entry.rows(code, ids) if ids is not None else np.arange(entry.bounds[code], entry.bounds[code + 1])
+                if len(rows):
+                    parts.append((entry, rows))
+            glob = entry.latest_global()
+            if glob is not None and (latest is None or glob[0] > latest[0]):
+                latest = (glob[0], entry, glob[1])
+        if latest is not None:
+            parts.append((latest[1], np.array([latest[2]], dtype=np.int64)))
+        return _gather(parts)
+
+    # ------------------------------------------------------------------ running sql/ files
+    def _cursor(self) -> tuple[duckdb.DuckDBPyConnection, dict]:
+        """This thread's cursor and its relations by query text: registrations are private to
+        the thread, and a relation made once runs its query again over whatever the names
+        hold at each run (one parse, bind and plan per run; building a relation from the
+        text each time would parse and bind it twice)."""
+        local = self._local
+        if getattr(local, "cursor", None) is None:
+            local.cursor, local.relations = self.con.cursor(), {}
+        return local.cursor, local.relations
+
+    def _run_query(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
+        """Run one query over the relations, registered for the duration of the call."""
+        con, cached = self._cursor()
+        try:
+            for name, table in relations.items():
+                con.register(name, table)
+            relation = cached.get(query)
+            if relation is None:
+                relation = cached[query] = con.sql(query)
+            return relation.to_arrow_table()
+        finally:
+            for name in relations:
+                con.unregister(name)
 
     def _run(self, relations: dict[str, pa.Table], queries: list[list[tuple[str, str]]]) -> list[pa.Table]:
         """Run each chain of step files as one query: each file becomes a materialized CTE
         named after the relation it defines (one round trip; DuckDB plans the chain at once)."""
-        con = self.con.cursor()  # a fresh cursor: registrations are private to this call
-        try:
-            for name, table in relations.items():
-                con.register(name, table)
-            return [arrow_of(con.sql(chained_query(steps))) for steps in queries]
-        finally:
-            con.close()
+        return [self._run_query(relations, chained_query(steps)) for steps in queries]
 
     def step(self, warehouse, model: ModelSpec, batch: pa.Table, new_version: int, batch_seq: int | None,
              clip: tuple[float, float]) -> StepResult:
         ratings = batch_relation(batch)
-        stored = warehouse.factor_rows(model.model_id, ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy())
+        stored = self.stored_factor_rows(warehouse, model.model_id, ratings["user_id"].to_numpy(),
+                                         ratings["item_id"].to_numpy())
         relations = {
             "stored_factors": stored,
             "batch_ratings": ratings,
@@ -62,16 +398,26 @@ class DuckDBEngine:
             "components": model.components(),
             "score_params": score_params(clip),
         }
-        rows, prequential = self._run(relations, [STEP_FILES, SCORE_FILES])
+        out = self._run_query(relations, step_and_score_query())
+        is_rows = pc.equal(out[_PART], "rows")
+        rows = out.filter(is_rows).select(ROW_COLUMNS)
+        prequential = out.filter(pc.invert(is_rows)).select(SCORE_COLUMNS)
         return StepResult(rows=rows, prequential=prequential)
 
     def score(self, warehouse, model_id: str, ratings: pa.Table, version: int | None,
               clip: tuple[float, float]) -> pa.Table:
         relation = batch_relation(ratings)
-        stored = warehouse.factor_rows(model_id, relation["user_id"].to_numpy(), relation["item_id"].to_numpy(), version)
+        stored = self.stored_factor_rows(warehouse, model_id, relation["user_id"].to_numpy(),
+                                         relation["item_id"].to_numpy(), version)
         return self._run(
             {"stored_factors": stored, "ratings_to_score": relation, "score_params": score_params(clip)}, [SCORE_FILES]
         )[0]
 
     def close(self) -> None:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is not None:
+            cursor.close()
+            self._local.cursor = None
         self.con.close()
+        if self.cache is not None:
+            self.cache.clear()

@@ -68,6 +68,18 @@ def check_step_rows(rows: pa.Table, spec: ModelSpec, batch_seq: int) -> None:
                                   "too large?); refused, no version written")
 
 
+def check_batch_scale(batch: pa.Table, spec: ModelSpec, batch_seq: int, clip: tuple[float, float]) -> None:
+    """Refuse training ratings outside the scale the model predicts on (or not finite): one
+    such batch (e.g. ingested with a widened scale) drives finite but meaningless factors."""
+    ratings = batch["rating"].to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(ratings) | (ratings < clip[0]) | (ratings > clip[1])
+    if bad.any():
+        raise NumericalFaultError(
+            f"model {spec.model_id!r}, batch {batch_seq}: {int(bad.sum())} of {len(ratings)} ratings are outside the "
+            f"scale [{clip[0]:g}, {clip[1]:g}] the model predicts on (e.g. {ratings[bad][0]:g}); refused, no version "
+            "written (apply with a wider clip scale if that scale is intended)")
+
+
 def check_stored_rank(warehouse: Warehouse, spec: ModelSpec, batch: pa.Table, batch_seq: int) -> None:
     """Refuse a batch whose stored vectors do not have the model's rank (only checked when a
     step fails: the engines cannot multiply vectors of different lengths)."""
@@ -100,6 +112,7 @@ def apply_batch(warehouse: Warehouse, engine: Engine, spec: ModelSpec, batch: di
     train = warehouse.batch_ratings(batch["batch_id"], holdout=False)
     version = version if version is not None else warehouse.current_version(spec.model_id) + 1
     if train.num_rows:
+        check_batch_scale(train, spec, seq, clip)
         try:
             result = engine.step(warehouse, spec, train, version, seq, clip)
         except Exception:

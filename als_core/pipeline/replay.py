@@ -39,9 +39,13 @@ def landing_file_name(stem: str, index: int) -> str:
 
 
 def drop_file(table, landing: Path, name: str) -> Path:
-    """Write-then-rename into the landing folder (the sensor's completeness convention)."""
+    """Write-then-rename into the landing folder (the sensor's completeness convention).
+    ``name`` must be a plain file name, so nothing is written outside ``landing``."""
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"landing file name {name!r}: use a plain file name (no '/', '\\', '..', not hidden)")
     landing.mkdir(parents=True, exist_ok=True)
     tmp = landing / f".tmp-{name}"  # hidden until renamed; keeps the extension for the writer
+    tmp.unlink(missing_ok=True)  # a stale one (a crashed writer), or a planted symlink, is never written through
     write_ratings(table, tmp)
     final = landing / name
     os.replace(tmp, final)
@@ -56,15 +60,19 @@ def replay_batches(dataset: str | Path, *, batch_size: int = 1000, landing: Path
     if landing is None and (warehouse is None or engine is None):
         raise ValueError("replay needs a landing folder, or a warehouse and an engine to apply batches")
     dataset = Path(dataset)
-    ratings = read_ratings(dataset).ratings
-    ratings = ratings.take(time_order(ratings))
-    starts = list(range(0, ratings.num_rows, batch_size))[:limit]
+    read = read_ratings(dataset)
+    ratings = read.ratings.take(time_order(read.ratings))
+    # Applying directly, the file's rejected rows (bad lines, superseded duplicates) are stored
+    # with its first batch (one even if no row is good): every line ends up in the store.
+    keep_rejects = landing is None and read.rejected.num_rows > 0
+    starts = list(range(0, max(ratings.num_rows, int(keep_rejects)), batch_size))[:limit]
     for k, start in enumerate(starts, 1):
         chunk = ratings.slice(start, batch_size)
         if landing is not None:
             event = ReplayEvent(k, len(starts), path=drop_file(chunk, Path(landing), landing_file_name(dataset.stem, k)))
         else:
-            outcome = ingest_table(warehouse, chunk, source=f"{dataset.name}#batch{k}", holdout_fraction=holdout_fraction)
+            outcome = ingest_table(warehouse, chunk, source=f"{dataset.name}#batch{k}", holdout_fraction=holdout_fraction,
+                                   rejected=read.rejected if k == 1 else None)
             report = apply_pending(warehouse, engine, evaluate_every=0)
             report.raise_failures()
             event = ReplayEvent(k, len(starts), seq=outcome.seq, versions=len(report.applied))

@@ -63,7 +63,7 @@ def check_model_id(model_id: str) -> str:
     ...
     ValueError: invalid model id "x'; DROP TABLE factors; --": use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit
     """
-    if not isinstance(model_id, str) or not _MODEL_ID.match(model_id) or ".." in model_id:
+    if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id) or ".." in model_id:
         raise ValueError(
             f"invalid model id {model_id!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
         )

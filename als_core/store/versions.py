@@ -95,26 +95,34 @@ def compact_factors(warehouse: Warehouse, model_id: str, row_group_rows: int = 1
 
     check_model_id(model_id)
 
-    def rewrite() -> dict:
-        dt = warehouse.table("factors")
-        delta_version_before = dt.version()
+    def compacted() -> tuple[pa.Table, dict]:
+        """The rows to keep and the record of this compaction."""
+        delta_version_before = warehouse.table("factors").version()
         full = warehouse.read("factors", filter=pc.field("model_id") == model_id)
         is_global = pc.equal(full["side"], "global")
         keep = pa.concat_tables([full.filter(is_global), latest_rows(full.filter(pc.invert(is_global)))])
         keep = keep.sort_by([("side", "ascending"), ("id", "ascending"), ("version", "ascending")])
+        return keep, {"model_id": model_id, "compacted_version": warehouse.current_version(model_id),
+                      "delta_version_before": delta_version_before, "rows_before": full.num_rows,
+                      "rows_after": keep.num_rows, "compacted_at": now_utc()}
+
+    def rewrite(keep: pa.Table) -> None:
         applied = warehouse.applied_seq(model_id)
         props = CommitProperties(app_transactions=[Transaction(app_id=model_id, version=applied)]) if applied else None
         write_deltalake(warehouse.table_uri("factors"), keep.select(FACTORS.names).cast(FACTORS), mode="overwrite",
                         predicate=f"model_id = '{model_id}'",  # validated id: safe alphabet only
                         partition_by=["model_id"], commit_properties=props, storage_options=warehouse.storage_options,
                         writer_properties=WriterProperties(max_row_group_size=row_group_rows))
-        return {"model_id": model_id, "compacted_version": warehouse.current_version(model_id),
-                "delta_version_before": delta_version_before, "rows_before": full.num_rows,
-                "rows_after": keep.num_rows, "compacted_at": now_utc()}
 
     with nullcontext() if locked else warehouse.lock(f"model-{model_id}"):
         if warehouse.table("factors") is None:
             return {"model_id": model_id, "rows_before": 0, "rows_after": 0}
-        record = retry_commit(rewrite)
+        keep, record = compacted()
+        # The record is committed BEFORE the rewrite: a crash between the two must not leave a
+        # compaction that time travel does not know about (versions older than it would then be
+        # read from the compacted table and miss rows). A record whose rewrite never happened
+        # only sends such reads back to a Delta version that still holds every row.
         warehouse.append("compactions", pa.Table.from_pylist([record]))
+        first = [keep]
+        retry_commit(lambda: rewrite(first.pop() if first else compacted()[0]))  # a retry re-reads
     return record

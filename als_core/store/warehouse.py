@@ -263,7 +263,7 @@ class Warehouse:
 
     def factor_file_uris(self, model_id: str, user_ids=None, item_ids=None, version: int | None = None) -> list[str]:
         """Data files of ``factors`` that may hold the model's rows (versions <= ``version``) of
-        these users and items (``None``: every key of that side), the global row always included,
+        these users and items (``None``: every key of that side) and of its latest global row,
         for engines that read Parquet directly (Spark). Partition pruning on ``model_id`` plus the
         files' min/max statistics on side, id and version; a superset: filter the rows after
         reading. Absolute URIs: ``file:///...`` for a local warehouse (so a cluster whose default
@@ -288,7 +288,16 @@ class Warehouse:
         common = [("model_id", "=", model_id)]
         if version is not None:
             common.append(("version", "<=", int(version)))
-        groups = [common + [("side", "=", "global")]]
+        # Every version writes a global row, so the latest one (all a step needs) has the
+        # largest version <= ``version``: skip the files of older versions for it.
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        latest = None
+        if {"max.version", "partition.model_id"} <= set(actions.column_names):
+            mine = actions.filter(pc.equal(actions["partition.model_id"], model_id))
+            latest = pc.max(mine["max.version"]).as_py() if mine.num_rows else None
+        if latest is not None and version is not None:
+            latest = min(int(latest), int(version))
+        groups = [common + [("side", "=", "global")] + ([("version", ">=", int(latest))] if latest is not None else [])]
         for side, ids in (("user", user_ids), ("item", item_ids)):
             if ids is None:
                 groups.append(common + [("side", "=", side)])

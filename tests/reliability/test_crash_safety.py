@@ -1,0 +1,161 @@
+"""Crash safety (issue 7.2): a child process ingesting and applying the first 20 batches of 500
+ratings of the shipped set is SIGKILLed 8 times at seeded points (during ingestion, between a
+data file write and its Delta commit, between two commits of one ingestion, during and right
+after a compaction, after seeded random delays); after each kill the next run continues. The
+final store must equal an uninterrupted run's, version by version, bit for bit.
+
+The seed is ``$RELIABILITY_SEED`` (default 20240607); a failure message names the plan.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from als_core.datasets import write_ratings
+from als_core.pipeline.models import DEFAULT_PARAMS, create_model
+from als_core.sgd import SGDParams
+from als_core.store.warehouse import Warehouse
+from reliability_helpers import (
+    Inotify, KillPlan, assert_store_consistent, assert_tables_readable, commit_placed, data_file_in, model_states,
+    orphan_files, run_worker,
+)
+
+pytestmark = pytest.mark.slow
+
+SEED = int(os.environ.get("RELIABILITY_SEED", "20240607"))
+N_BATCHES, BATCH = 20, 500
+COMPACT_EVERY = 4
+MODELS = {
+    "a": DEFAULT_PARAMS,
+    "b": SGDParams(rank=4, gamma=0.02, lambda_=0.05, lambda_bias=0.1, seed=3, aggregation="sum", bias_update="sgd"),
+}
+# Batch indices (0-based) whose apply step compacts: versions 4, 8, ... (one version per batch).
+COMPACTING = [i for i in range(N_BATCHES) if (i + 1) % COMPACT_EVERY == 0]
+
+
+@pytest.fixture(scope="module")
+def batch_files(tmp_path_factory, shipped) -> list[Path]:
+    folder = tmp_path_factory.mktemp("batches")
+    return [write_ratings(shipped.slice(k * BATCH, BATCH), folder / f"batch-{k:02d}.csv") for k in range(N_BATCHES)]
+
+
+def new_warehouse(path: Path) -> Warehouse:
+    warehouse = Warehouse(str(path))
+    warehouse.ensure_tables()
+    for model_id, params in MODELS.items():
+        create_model(warehouse, model_id, params)
+    return warehouse
+
+
+def phase_seconds(run, start: str, end: str) -> float:
+    """Mean duration between matching start/end progress lines of a run."""
+    starts = {line.split()[-1]: t for t, line in run.lines if line.startswith(start)}
+    spans = [t - starts[line.split()[2]] for t, line in run.lines
+             if line.startswith(end) and line.split()[2] in starts]
+    return sum(spans) / len(spans)
+
+
+def kill_plans(rng: random.Random, reference) -> list[KillPlan]:
+    """8 kill points at increasing batch indices: the two compaction kills on batches that
+    compact, the others anywhere. Delays are drawn from the reference run's timings: within
+    the phase (ingest, apply) or, for 'anytime', up to the next planned kill, so a late kill
+    never skips past the batches the later plans aim at."""
+    ingest_s = phase_seconds(reference, "ingest start", "ingest done")
+    apply_s = phase_seconds(reference, "apply start", "apply done")
+    when = {line: t for t, line in reference.lines}
+    compact_at = sorted(rng.sample(COMPACTING[:-1], 2))
+    others = sorted(rng.sample([i for i in range(1, N_BATCHES - 1) if i not in compact_at], 6))
+    modes = ["ingest-file", "ingest-commit", "apply-file", "ingest-delay", "apply-delay", "anytime"]
+    rng.shuffle(modes)
+    compact_modes = ["compact-file", "compact-commit"]
+    rng.shuffle(compact_modes)
+    chosen = sorted([*zip(others, modes), *zip(compact_at, compact_modes)])
+    plans = []
+    for k, (index, mode) in enumerate(chosen):
+        next_start = when[f"ingest start {chosen[k + 1][0]}"] if k + 1 < len(chosen) else when["finished"]
+        if mode == "ingest-file":
+            plans.append(KillPlan(mode, index, r"ingest start", event=data_file_in("ratings")))
+        elif mode == "ingest-commit":
+            plans.append(KillPlan(mode, index, r"ingest start", event=commit_placed("ratings")))
+        elif mode == "apply-file":
+            plans.append(KillPlan(mode, index, r"apply start", event=data_file_in("factors")))
+        elif mode == "compact-file":
+            plans.append(KillPlan(mode, index, r"compact start", event=data_file_in("factors")))
+        elif mode == "compact-commit":
+            plans.append(KillPlan(mode, index, r"compact start", event=commit_placed("factors")))
+        elif mode == "ingest-delay":
+            plans.append(KillPlan(mode, index, r"ingest start", delay=rng.uniform(0.0, ingest_s)))
+        elif mode == "apply-delay":
+            plans.append(KillPlan(mode, index, r"apply start", delay=rng.uniform(0.0, apply_s)))
+        else:  # anywhere between this batch and the next planned kill
+            span = 0.8 * (next_start - when[f"ingest start {index}"])
+            plans.append(KillPlan(mode, index, r"ingest start", delay=rng.uniform(0.0, span)))
+    return plans
+
+
+def evidence(warehouse: Warehouse, plan: KillPlan, orphans_before: dict[str, set]) -> str:
+    """What the kill left behind; asserts that event-triggered kills landed where planned."""
+    new_orphans = {t: orphan_files(warehouse.table_uri(t)) - orphans_before[t] for t in ("ratings", "factors")}
+    unledgered = set(warehouse.read("ratings", columns=["batch_id"])["batch_id"].to_pylist()) - set(
+        warehouse.read("batches", columns=["batch_id"])["batch_id"].to_pylist())
+    last_factor_op = DeltaTable(warehouse.table_uri("factors")).history(1)[0]
+    overwrite = last_factor_op.get("operationParameters", {}).get("mode") == "Overwrite"
+    if plan.name == "ingest-file":
+        assert new_orphans["ratings"], "kill did not land between the ratings file write and its commit"
+    elif plan.name == "ingest-commit":
+        assert unledgered, "kill did not land between the ratings commit and the ledger commit"
+    elif plan.name in ("apply-file", "compact-file"):
+        assert new_orphans["factors"], "kill did not land between the factors file write and its commit"
+    elif plan.name == "compact-commit":
+        assert overwrite, "kill did not land right after the compaction commit"
+    return (f"orphans {sum(map(len, new_orphans.values()))}, unledgered batches {len(unledgered)}, "
+            f"last factors op {'compaction' if overwrite else 'append'}")
+
+
+def test_sigkill_at_seeded_points_then_rerun_equals_an_uninterrupted_run(tmp_path, batch_files):
+    reference_wh = new_warehouse(tmp_path / "reference")
+    reference = run_worker(reference_wh.uri, batch_files, compact_every=COMPACT_EVERY)
+    assert reference.lines[-1][1] == "finished", reference.stderr
+    rng = random.Random(SEED)
+    plans = kill_plans(rng, reference)
+
+    warehouse = new_warehouse(tmp_path / "crashed")
+    root = Path(warehouse.uri)
+
+    def watch_folders():
+        folders = [root / "ratings", root / "ratings" / "_delta_log", root / "factors", root / "factors" / "_delta_log"]
+        return folders + sorted((root / "factors").glob("model_id=*"))
+
+    inotify = Inotify()
+    log = []
+    try:
+        for plan in plans:
+            orphans_before = {t: orphan_files(warehouse.table_uri(t)) for t in ("ratings", "factors")}
+            run = run_worker(warehouse.uri, batch_files, plan=plan, inotify=inotify, watch_folders=watch_folders,
+                             compact_every=COMPACT_EVERY)
+            context = f"seed {SEED}, plan {plan}, log so far {log}\nlast lines: {run.lines[-3:]}\n{run.stderr[-2000:]}"
+            assert run.killed, f"the kill point was never reached: {context}"
+            assert run.returncode == -9, context
+            assert_tables_readable(warehouse)  # every Delta log still loads after the kill
+            log.append(f"{plan.name}@{plan.index} after {run.killed_after!r}: {evidence(warehouse, plan, orphans_before)}")
+    finally:
+        inotify.close()
+    final = run_worker(warehouse.uri, batch_files, compact_every=COMPACT_EVERY)
+    assert final.lines[-1][1] == "finished", final.stderr
+    print("\n".join(log))  # shown with -s / on failure: where each kill landed
+
+    for wh in (reference_wh, warehouse):
+        assert_store_consistent(wh, list(MODELS), N_BATCHES)
+    assert warehouse.ledger()["batch_id"].to_pylist() == reference_wh.ledger()["batch_id"].to_pylist()
+    assert warehouse.read("ratings").num_rows == reference_wh.read("ratings").num_rows == N_BATCHES * BATCH
+    for model_id in MODELS:
+        assert warehouse.model_versions(model_id).equals(reference_wh.model_versions(model_id)), model_id
+        ours, theirs = model_states(warehouse, model_id), model_states(reference_wh, model_id)
+        assert len(ours) == len(theirs) == N_BATCHES
+        for version, (a, b) in enumerate(zip(ours, theirs), 1):
+            assert a.equals(b), f"model {model_id} version {version} differs from the uninterrupted run ({log})"
