@@ -45,9 +45,14 @@ from als_core.store.warehouse import StoreError, retry_commit
 
 #: Results with more rows than this are committed through staged Parquet instead of Arrow.
 DEFAULT_ARROW_MAX_ROWS = 200_000
+#: Batches with more distinct ids than this select their stored rows by a semi-join with the
+#: batch's keys instead of an ``id IN (...)`` list in the SQL text.
+DEFAULT_IN_LIST_MAX = 20_000
 
 #: Columns of the stored factor files the step reads (model_id is the partition: not in the files).
 STORED_FACTORS_SCHEMA = "side STRING, id BIGINT, version BIGINT, n BIGINT, bias DOUBLE, vector ARRAY<FLOAT>"
+_STORED_FACTORS_ARROW = pa.schema([("side", pa.string()), ("id", pa.int64()), ("version", pa.int64()),
+                                   ("n", pa.int64()), ("bias", pa.float64()), ("vector", pa.list_(pa.float32()))])
 
 #: delta-rs URI scheme -> Hadoop file system scheme Spark should use for it (override with
 #: ``uri_schemes``; e.g. ``{}`` on EMR, where s3:// is EMRFS).
@@ -134,10 +139,10 @@ def ensure_checkpoint_dir(spark, path: str | None = None) -> str:
 @dataclass
 class SparkStepResult(StepResult):
     """A step's result on Spark. ``rows`` is Arrow when the result is small; for a large one
-    it is None and ``frame`` (persisted on the cluster) holds the rows until
+    it is None and ``frame`` (checkpointed on the executors) holds the rows until
     `SparkEngine.commit_step` (or `SparkEngine.release`)."""
 
-    frame: Any = field(default=None, repr=False)
+    frame: Any = field(default=None, repr=False)  # checkpointed on the executors
     n_rows: int = 0
 
     @property
@@ -152,6 +157,7 @@ class SparkEngine:
     built for ``master`` / ``conf`` / ``driver_memory`` / ``app_name``. ``arrow_max_rows``:
     results with more rows are committed through staged Parquet (`commit_step`).
     ``uri_schemes``: store URI scheme -> Hadoop scheme for Spark reads and writes.
+    ``in_list_max``: above this many batch ids, stored rows are selected by a semi-join.
     ``session_conf``: SQL settings of each step's session (default: `LOCAL_SESSION_CONF` on a
     local master, nothing on a cluster)."""
 
@@ -159,7 +165,8 @@ class SparkEngine:
 
     def __init__(self, master: str = "local[*]", conf: dict | None = None, driver_memory: str | None = None,
                  app_name: str = "streaming-als", spark=None, *, arrow_max_rows: int = DEFAULT_ARROW_MAX_ROWS,
-                 uri_schemes: dict[str, str] | None = None, session_conf: dict | None = None):
+                 uri_schemes: dict[str, str] | None = None, session_conf: dict | None = None,
+                 in_list_max: int = DEFAULT_IN_LIST_MAX):
         from pyspark.sql import SparkSession
 
         if spark is None:
@@ -169,6 +176,7 @@ class SparkEngine:
             self._owns_spark = False
         self.spark = spark
         self.arrow_max_rows = int(arrow_max_rows)
+        self.in_list_max = int(in_list_max)
         self.uri_schemes = dict(DEFAULT_URI_SCHEMES if uri_schemes is None else uri_schemes)
         if session_conf is None:
             session_conf = LOCAL_SESSION_CONF if spark.sparkContext.master.startswith("local") else {}
@@ -188,22 +196,23 @@ class SparkEngine:
         (``warehouse.factor_file_uris``, which refuses tables that are not plain Parquet);
         the rows are filtered on the executors. ``None`` ids: every key of that side."""
         uris = warehouse.factor_file_uris(model_id, user_ids, item_ids, version)
-        if not uris:
-            return session.createDataFrame([], STORED_FACTORS_SCHEMA)
+        if not uris:  # from Arrow, not a Python list: that would start Python workers
+            return session.createDataFrame(_STORED_FACTORS_ARROW.empty_table())
         frame = session.read.schema(STORED_FACTORS_SCHEMA).parquet(*[self.spark_uri(u) for u in uris])
-        # one SQL string, not Column.isin (one py4j call per id: 1.7 s for a 1,000-rating batch)
-        keep = ["side = 'global'"]
-        for side, ids in (("user", user_ids), ("item", item_ids)):
-            if ids is None:
-                keep.append(f"side = '{side}'")
-            else:
-                ids = np.unique(np.asarray(ids, dtype=np.int64))
-                if len(ids):
-                    keep.append(f"(side = '{side}' AND id IN ({','.join(map(str, ids.tolist()))}))")
-        condition = " OR ".join(keep)
         if version is not None:
-            condition = f"({condition}) AND version <= {int(version)}"
-        return frame.where(condition)
+            frame = frame.where(f"version <= {int(version)}")
+        whole = ["side = 'global'"] + [f"side = '{side}'" for side, ids in (("user", user_ids), ("item", item_ids))
+                                       if ids is None]
+        listed = [(side, np.unique(np.asarray(ids, dtype=np.int64))) for side, ids in
+                  (("user", user_ids), ("item", item_ids)) if ids is not None]
+        if sum(len(ids) for _, ids in listed) <= self.in_list_max:
+            # one SQL string, not Column.isin (one py4j call per id: 1.7 s for 1,000 ratings)
+            return frame.where(" OR ".join(whole + [
+                f"(side = '{side}' AND id IN ({','.join(map(str, ids.tolist()))}))" for side, ids in listed if len(ids)]))
+        keys = pa.table({"side": pa.array(np.concatenate([np.full(len(ids), side) for side, ids in listed])),
+                         "id": pa.array(np.concatenate([ids for _, ids in listed]), pa.int64())})
+        return frame.where(" OR ".join(whole)).unionByName(
+            frame.join(session.createDataFrame(keys), ["side", "id"], "left_semi"))
 
     # ------------------------------------------------------------------ running sql/ files
     def _session(self):
@@ -225,12 +234,16 @@ class SparkEngine:
             frame.createOrReplaceTempView(name)
         reused = _reused_relations(tuple(steps))
         checkpoints, result = [], None
-        for position, (file, name) in enumerate(steps):
-            result = session.sql(sqlgen.load(file, "spark"))
-            if position < len(steps) - 1 and name in reused:
-                result = result.localCheckpoint(eager=True)
-                checkpoints.append(result)
-            result.createOrReplaceTempView(name)
+        try:
+            for position, (file, name) in enumerate(steps):
+                result = session.sql(sqlgen.load(file, "spark"))
+                if position < len(steps) - 1 and name in reused:
+                    result = result.localCheckpoint(eager=True)
+                    checkpoints.append(result)
+                result.createOrReplaceTempView(name)
+        except BaseException:
+            _release(checkpoints)
+            raise
         return result, checkpoints
 
     def step(self, warehouse, model: ModelSpec, batch: pa.Table, new_version: int, batch_seq: int | None,

@@ -119,12 +119,23 @@ def apply_batch(warehouse: Warehouse, engine: Engine, spec: ModelSpec, batch: di
             check_stored_rank(warehouse, spec, train, seq)  # the likely cause, named clearly
             raise
         rows, preq = result.rows, result.prequential
-        check_step_rows(rows, spec, seq)
+        if rows is None:  # a large result the engine keeps on its cluster (Spark): checked there
+            problem = engine.check_frame(result.frame, spec.params.rank)
+            if problem:
+                engine.release(result)
+                raise NumericalFaultError(f"model {spec.model_id!r}, batch {seq}: {problem}; refused, "
+                                          "no version written")
+        else:
+            check_step_rows(rows, spec, seq)
     else:
         rows, preq = _global_only_rows(warehouse, spec, version, seq), None
-    if not warehouse.commit_factor_version(spec.model_id, rows, seq):
+    if rows is None:  # staged Parquet committed by delta-rs with the app transaction (model_id, seq)
+        committed, n_rows = engine.commit_step(warehouse, spec.model_id, result, seq), result.n_rows
+    else:
+        committed, n_rows = warehouse.commit_factor_version(spec.model_id, rows, seq), rows.num_rows
+    if not committed:
         return None
-    done = AppliedVersion(spec.model_id, version, seq, train.num_rows, rows.num_rows, None)
+    done = AppliedVersion(spec.model_id, version, seq, train.num_rows, n_rows, None)
     if preq is not None and preq.num_rows:
         y, p = preq["rating"].to_numpy(), preq["prediction"].to_numpy()
         done.prequential_rmse = rmse(y, p)

@@ -207,11 +207,13 @@ def test_refuses_delta_tables_that_are_not_plain_parquet(tmp_path, shipped, spar
 
 def test_staged_parquet_commit(tmp_path, parity, spark, spark_engine):
     """Above ``arrow_max_rows`` the rows stay on the cluster: Spark writes Parquet into the
-    table folder and delta-rs commits the files with the app transaction."""
+    table folder and delta-rs commits the files with the app transaction. (Above
+    ``in_list_max`` batch ids the stored rows are read through a semi-join.)"""
     from als_core.engines.spark_engine import SparkEngine
 
     warehouses, _, data = parity
-    engine = SparkEngine(spark=spark, arrow_max_rows=0)  # force the staged path
+    # force the large-batch paths: staged writes, and stored rows selected by a semi-join
+    engine = SparkEngine(spark=spark, arrow_max_rows=0, in_list_max=0)
     wh = new_warehouse(tmp_path / "staged", data, 4, {"m": DEFAULT_PARAMS})
     spec = ModelSpec.from_record(wh.model_record("m"))
     for batch in wh.ledger().to_pylist()[:3]:

@@ -59,3 +59,9 @@ def test_views_list_versions_and_current_factors(tiny):
         assert versions == [("tiny", 1, 4, 3.0)]
         n = con.execute("SELECT count(*) FROM current_factors('tiny') WHERE side = 'item'").fetchone()[0]
         assert n == 3
+
+
+def test_predict_is_null_for_a_model_without_versions(warehouse):
+    create_model(warehouse, "empty", SGDParams(rank=2))
+    with sql_session(warehouse) as con:
+        assert con.execute("SELECT predict('empty', 1, 1)").fetchone()[0] is None
