@@ -41,7 +41,7 @@ from als_core.engines import sqlgen
 from als_core.engines.base import SCORE_FILES, STEP_FILES, ModelSpec, StepResult, batch_relation, score_params
 from als_core.model import FactorModel
 from als_core.store.schemas import FACTORS, TABLES, check_model_id
-from als_core.store.warehouse import StoreError, retry_commit
+from als_core.store.warehouse import StoreError, check_plain_parquet, retry_commit
 
 #: Results with more rows than this are committed through staged Parquet instead of Arrow.
 DEFAULT_ARROW_MAX_ROWS = 200_000
@@ -87,19 +87,6 @@ LOCAL_SESSION_CONF = {
 
 class SparkEngineError(StoreError):
     """The Spark engine refused an operation."""
-
-
-def check_plain_parquet(dt, uri: str) -> None:
-    """Refuse a Delta table whose data files are not plain Parquet: reader version > 1 (column
-    mapping, deletion vectors...). Spark reads and writes them without delta-spark, which is
-    only correct for reader version 1 tables without deletion vectors."""
-    protocol = dt.protocol()
-    features = list(protocol.reader_features or [])
-    if protocol.min_reader_version != 1 or "deletionVectors" in features:
-        raise SparkEngineError(
-            f"the Delta table at {uri} needs reader version {protocol.min_reader_version} (reader features: "
-            f"{', '.join(features) or 'none'}); the Spark engine reads and writes its Parquet files directly "
-            "(no delta-spark), which is only correct for reader version 1 without deletion vectors")
 
 
 def build_spark_session(master: str = "local[*]", conf: dict | None = None, driver_memory: str | None = None,

@@ -154,25 +154,6 @@ def record_evaluation(warehouse: Warehouse, model_id: str, version: int, kind: s
     return row["rmse"], row["mae"]
 
 
-def evaluate_holdout(warehouse: Warehouse, engine: Engine, model_id: str, version: int | None = None,
-                     holdout: pa.Table | None = None, clip: tuple[float, float] = DEFAULT_SCALE,
-                     record: bool = True) -> tuple[float, float, int] | None:
-    """Holdout RMSE/MAE of a model version (the holdout rows are never trained on)."""
-    holdout = holdout if holdout is not None else warehouse.holdout_ratings()
-    if holdout.num_rows == 0:
-        return None
-    scores = engine.score(warehouse, model_id, holdout, version, clip)
-    if scores.num_rows == 0:
-        return None
-    y, p = scores["rating"].to_numpy(), scores["prediction"].to_numpy()
-    version = version if version is not None else warehouse.current_version(model_id)
-    if record:
-        r, a = record_evaluation(warehouse, model_id, version, "holdout", y, p)
-    else:
-        r, a = rmse(y, p), mae(y, p)
-    return r, a, len(y)
-
-
 def holdout_evaluation(engine: Engine, warehouse: Warehouse, model_id: str, version: int, holdout: pa.Table,
                        clip: tuple[float, float]) -> dict | None:
     """The holdout evaluation row of a version (not written), or None without holdout data."""

@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 
 from als_core.als import ALSParams, fit_als
 from als_core.datasets import shipped_ratings_path

@@ -63,6 +63,22 @@ def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
             time.sleep(base_delay * (2**attempt) * (0.5 + rng.random()))
 
 
+def check_plain_parquet(dt: DeltaTable, where: str) -> None:
+    """Refuse a Delta table whose data files are not plain Parquet (reader version > 1, e.g.
+    deletion vectors or column mapping). Engines without a Delta reader (Spark without
+    delta-spark) read and write its files directly, which is only correct for reader
+    version 1 tables without deletion vectors."""
+    protocol = dt.protocol()
+    features = list(protocol.reader_features or [])
+    if protocol.min_reader_version != 1 or "deletionVectors" in features:
+        raise StoreError(
+            f"the Delta table at {where} needs reader version {protocol.min_reader_version} (reader features: "
+            f"{', '.join(features) or 'none'}); its data files cannot be read as plain Parquet, which engines "
+            "without a Delta reader (Spark without delta-spark) rely on. Use reader version 1 tables without "
+            "deletion vectors, e.g. rewrite the table with delta-rs (write_deltalake mode='overwrite') into a "
+            "new warehouse.")
+
+
 @dataclass
 class Warehouse:
     uri: str
@@ -276,15 +292,7 @@ class Warehouse:
         dt = self.table("factors", self._factor_source_version(model_id, version))
         if dt is None:
             return []
-        protocol = dt.protocol()
-        reader_features = list(protocol.reader_features or [])
-        if protocol.min_reader_version != 1 or "deletionVectors" in reader_features:
-            raise StoreError(
-                f"the factors table at {self.table_uri('factors')} (Delta version {dt.version()}) needs reader "
-                f"version {protocol.min_reader_version} (reader features: {', '.join(reader_features) or 'none'}); "
-                "its data files cannot be read as plain Parquet, which engines without a Delta reader (Spark "
-                "without delta-spark) rely on. Use reader version 1 tables without deletion vectors, "
-                "e.g. rewrite the table with delta-rs (write_deltalake mode='overwrite') into a new warehouse.")
+        check_plain_parquet(dt, f"{self.table_uri('factors')} (Delta version {dt.version()})")
         common = [("model_id", "=", model_id)]
         if version is not None:
             common.append(("version", "<=", int(version)))
@@ -328,4 +336,4 @@ class Warehouse:
         return retry_commit(write)
 
 
-__all__ = ["Warehouse", "StoreError", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]
+__all__ = ["Warehouse", "StoreError", "check_plain_parquet", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]

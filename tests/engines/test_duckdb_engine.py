@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from als_core.engines.base import get_engine
-from als_core.pipeline.apply import NumericalFaultError, apply_pending
+from als_core.pipeline.apply import apply_pending
 from als_core.pipeline.ingest import ingest_table
 from als_core.pipeline.models import DEFAULT_PARAMS, bootstrap_model, create_model, factor_rows_from_model
 from als_core.sgd import SGDParams, empty_model, replay

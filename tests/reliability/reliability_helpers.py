@@ -23,8 +23,33 @@ from pathlib import Path
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from als_core.datasets import write_ratings
+from als_core.pipeline.models import DEFAULT_PARAMS, create_model
+from als_core.sgd import SGDParams
 from als_core.store.schemas import TABLES
 from als_core.store.warehouse import Warehouse
+
+#: The two models the multi-process tests stream into: the default settings, and the literal
+#: sum/SGD rule (so both SQL branches are exercised).
+TWO_MODELS = {
+    "a": DEFAULT_PARAMS,
+    "b": SGDParams(rank=4, gamma=0.02, lambda_=0.05, lambda_bias=0.1, seed=3, aggregation="sum", bias_update="sgd"),
+}
+
+
+def write_batch_files(folder: Path, ratings, n_files: int, batch_size: int) -> list[Path]:
+    """The first n_files x batch_size ratings as one CSV file per batch."""
+    return [write_ratings(ratings.slice(k * batch_size, batch_size), folder / f"batch-{k:02d}.csv")
+            for k in range(n_files)]
+
+
+def new_warehouse(path: Path) -> Warehouse:
+    """A warehouse with the TWO_MODELS registered."""
+    warehouse = Warehouse(str(path))
+    warehouse.ensure_tables()
+    for model_id, params in TWO_MODELS.items():
+        create_model(warehouse, model_id, params)
+    return warehouse
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "stream_worker.py"

@@ -17,31 +17,16 @@ from deltalake.exceptions import CommitFailedError
 from als_core.datasets import write_ratings
 from als_core.pipeline.apply import apply_pending
 from als_core.pipeline.ingest import file_batch_id, ingest_file
-from als_core.pipeline.models import DEFAULT_PARAMS, create_model
-from als_core.sgd import SGDParams
 from als_core.store.schemas import MODELS
 from als_core.store.warehouse import Warehouse, now_utc, retry_commit
-from reliability_helpers import assert_store_consistent, model_states, start_worker
+from reliability_helpers import TWO_MODELS, assert_store_consistent, model_states, new_warehouse, start_worker, write_batch_files
 
 N_FILES, BATCH = 12, 500
-MODEL_PARAMS = {
-    "a": DEFAULT_PARAMS,
-    "b": SGDParams(rank=4, gamma=0.02, lambda_=0.05, lambda_bias=0.1, seed=3, aggregation="sum", bias_update="sgd"),
-}
 
 
 @pytest.fixture(scope="module")
 def batch_files(tmp_path_factory, shipped) -> list[Path]:
-    folder = tmp_path_factory.mktemp("batches")
-    return [write_ratings(shipped.slice(k * BATCH, BATCH), folder / f"batch-{k:02d}.csv") for k in range(N_FILES)]
-
-
-def new_warehouse(path: Path) -> Warehouse:
-    warehouse = Warehouse(str(path))
-    warehouse.ensure_tables()
-    for model_id, params in MODEL_PARAMS.items():
-        create_model(warehouse, model_id, params)
-    return warehouse
+    return write_batch_files(tmp_path_factory.mktemp("batches"), shipped, N_FILES, BATCH)
 
 
 @pytest.mark.slow
@@ -58,7 +43,7 @@ def test_two_processes_ingesting_and_applying_overlapping_files(tmp_path, batch_
         assert proc.returncode == 0, err.decode()[-3000:]
         assert out.decode().rstrip().endswith("finished")
 
-    assert_store_consistent(warehouse, list(MODEL_PARAMS), N_FILES)  # also: every Delta log loads
+    assert_store_consistent(warehouse, list(TWO_MODELS), N_FILES)  # also: every Delta log loads
 
     # The same batches, serially, in the order the ledger gave them.
     by_id = {file_batch_id(path): path for path in batch_files}
@@ -67,7 +52,7 @@ def test_two_processes_ingesting_and_applying_overlapping_files(tmp_path, batch_
         outcome = ingest_file(serial, by_id[record["batch_id"]], holdout_fraction=0.1)
         assert outcome.seq == record["seq"]
     apply_pending(serial, duckdb_engine, evaluate_every=0, compact_every=3)
-    for model_id in MODEL_PARAMS:
+    for model_id in TWO_MODELS:
         ours, theirs = model_states(warehouse, model_id), model_states(serial, model_id)
         assert len(ours) == len(theirs) == N_FILES
         for version, (a, b) in enumerate(zip(ours, theirs), 1):
@@ -216,8 +201,8 @@ def test_two_dagster_runs_of_factor_versions_at_once_apply_each_batch_once(tmp_p
     assert all(r.success for r in results), [r.all_events for r in results if not r.success]
     written = [r.asset_materializations_for_node("factor_versions")[0].metadata["versions_written"].value
                for r in results]
-    assert sum(written) == 6 * len(MODEL_PARAMS), written  # every (model, batch) exactly once in total
-    assert_store_consistent(warehouse, list(MODEL_PARAMS), 6)
+    assert sum(written) == 6 * len(TWO_MODELS), written  # every (model, batch) exactly once in total
+    assert_store_consistent(warehouse, list(TWO_MODELS), 6)
     evaluations = warehouse.read("evaluations").to_pylist()
     keys = Counter((e["model_id"], e["version"], e["kind"]) for e in evaluations)
     assert keys and max(keys.values()) == 1, "a version was evaluated twice"

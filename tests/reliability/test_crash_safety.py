@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from als_core.datasets import write_ratings
-from als_core.pipeline.models import DEFAULT_PARAMS, create_model
-from als_core.sgd import SGDParams
 from als_core.store.warehouse import Warehouse
 from reliability_helpers import (
+    TWO_MODELS, new_warehouse, write_batch_files,
     Inotify, KillPlan, assert_store_consistent, assert_tables_readable, commit_placed, data_file_in, model_states,
     orphan_files, run_worker,
 )
@@ -30,26 +28,13 @@ pytestmark = pytest.mark.slow
 SEED = int(os.environ.get("RELIABILITY_SEED", "20240607"))
 N_BATCHES, BATCH = 20, 500
 COMPACT_EVERY = 4
-MODELS = {
-    "a": DEFAULT_PARAMS,
-    "b": SGDParams(rank=4, gamma=0.02, lambda_=0.05, lambda_bias=0.1, seed=3, aggregation="sum", bias_update="sgd"),
-}
 # Batch indices (0-based) whose apply step compacts: versions 4, 8, ... (one version per batch).
 COMPACTING = [i for i in range(N_BATCHES) if (i + 1) % COMPACT_EVERY == 0]
 
 
 @pytest.fixture(scope="module")
 def batch_files(tmp_path_factory, shipped) -> list[Path]:
-    folder = tmp_path_factory.mktemp("batches")
-    return [write_ratings(shipped.slice(k * BATCH, BATCH), folder / f"batch-{k:02d}.csv") for k in range(N_BATCHES)]
-
-
-def new_warehouse(path: Path) -> Warehouse:
-    warehouse = Warehouse(str(path))
-    warehouse.ensure_tables()
-    for model_id, params in MODELS.items():
-        create_model(warehouse, model_id, params)
-    return warehouse
+    return write_batch_files(tmp_path_factory.mktemp("batches"), shipped, N_BATCHES, BATCH)
 
 
 def phase_seconds(run, start: str, end: str) -> float:
@@ -150,10 +135,10 @@ def test_sigkill_at_seeded_points_then_rerun_equals_an_uninterrupted_run(tmp_pat
     print("\n".join(log))  # shown with -s / on failure: where each kill landed
 
     for wh in (reference_wh, warehouse):
-        assert_store_consistent(wh, list(MODELS), N_BATCHES)
+        assert_store_consistent(wh, list(TWO_MODELS), N_BATCHES)
     assert warehouse.ledger()["batch_id"].to_pylist() == reference_wh.ledger()["batch_id"].to_pylist()
     assert warehouse.read("ratings").num_rows == reference_wh.read("ratings").num_rows == N_BATCHES * BATCH
-    for model_id in MODELS:
+    for model_id in TWO_MODELS:
         assert warehouse.model_versions(model_id).equals(reference_wh.model_versions(model_id)), model_id
         ours, theirs = model_states(warehouse, model_id), model_states(reference_wh, model_id)
         assert len(ours) == len(theirs) == N_BATCHES
