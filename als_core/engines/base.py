@@ -53,9 +53,6 @@ class ModelSpec:
             "new_version": pa.array([new_version], pa.int64()), "batch_seq": pa.array([batch_seq], pa.int64()),
         })
 
-    def components(self) -> pa.Table:
-        return pa.table({"k": pa.array(np.arange(self.params.rank), pa.int64())})
-
 
 @dataclass
 class StepResult:

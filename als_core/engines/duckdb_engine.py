@@ -78,21 +78,22 @@ def _with(ctes: list[tuple[str, str]], final: str, inline: tuple[str, ...] = ())
     return "WITH " + ",\n".join(parts) + "\n" + final
 
 
-def _bodies(steps) -> list[tuple[str, str]]:
-    return [(name, sqlgen.load(file, "duckdb")) for file, name in steps]
+def _bodies(steps, rank: int | None = None) -> list[tuple[str, str]]:
+    return [(name, sqlgen.load(file, "duckdb", rank)) for file, name in steps]
 
 
 @lru_cache(maxsize=None)
-def _chained(steps: tuple[tuple[str, str], ...]) -> str:
-    return _with(_bodies(steps), f'SELECT * FROM "{steps[-1][1]}"')
+def _chained(steps: tuple[tuple[str, str], ...], rank: int | None) -> str:
+    return _with(_bodies(steps, rank), f'SELECT * FROM "{steps[-1][1]}"')
 
 
-def chained_query(steps: list[tuple[str, str]]) -> str:
-    return _chained(tuple(steps))
+def chained_query(steps: list[tuple[str, str]], rank: int | None = None) -> str:
+    """The files of ``steps`` as one query (``rank``: the model's, for files using vec_sum)."""
+    return _chained(tuple(steps), rank)
 
 
 @lru_cache(maxsize=None)
-def step_and_score_query() -> str:
+def step_and_score_query(rank: int) -> str:
     """The step chain and the prequential scores in one statement, rows tagged by ``_part``.
 
     The scoring's first file (select_batch_factors over ``stored_factors``) is the step's
@@ -101,7 +102,7 @@ def step_and_score_query() -> str:
     step_first_file, step_first_name = STEP_FILES[0]
     if first_file != step_first_file:  # the sharing below relies on it
         raise RuntimeError("the scoring no longer starts with the step's first file")
-    ctes = _bodies(STEP_FILES) + [(state_name, f'SELECT * FROM "{step_first_name}"')] + _bodies(score_rest)
+    ctes = _bodies(STEP_FILES, rank) + [(state_name, f'SELECT * FROM "{step_first_name}"')] + _bodies(score_rest)
     rows, scores = STEP_FILES[-1][1], score_rest[-1][1]
     return _with(ctes, f"SELECT 'rows' AS {_PART}, * FROM \"{rows}\"\n"
                        f"UNION ALL BY NAME\n"
@@ -395,10 +396,9 @@ class DuckDBEngine:
             "batch_ratings": ratings,
             "ratings_to_score": ratings,
             "step_params": model.step_params(new_version, batch_seq),
-            "components": model.components(),
             "score_params": score_params(clip),
         }
-        out = self._run_query(relations, step_and_score_query())
+        out = self._run_query(relations, step_and_score_query(model.params.rank))
         is_rows = pc.equal(out[_PART], "rows")
         rows = out.filter(is_rows).select(ROW_COLUMNS)
         prequential = out.filter(pc.invert(is_rows)).select(SCORE_COLUMNS)

@@ -210,7 +210,7 @@ class SparkEngine:
         return session
 
     @staticmethod
-    def _run(session, relations: dict, steps: list[tuple[str, str]]):
+    def _run(session, relations: dict, steps: list[tuple[str, str]], rank: int | None = None):
         """Register the input relations, then run each sql/ file as a temp view named after
         its relation; the last file's DataFrame and the checkpoints to release.
 
@@ -219,11 +219,11 @@ class SparkEngine:
         queries see a plain scan instead of re-planning the whole upstream SQL."""
         for name, frame in relations.items():
             frame.createOrReplaceTempView(name)
-        reused = _reused_relations(tuple(steps))
+        reused = _reused_relations(tuple(steps), rank)
         checkpoints, result = [], None
         try:
             for position, (file, name) in enumerate(steps):
-                result = session.sql(sqlgen.load(file, "spark"))
+                result = session.sql(sqlgen.load(file, "spark", rank))
                 if position < len(steps) - 1 and name in reused:
                     result = result.localCheckpoint(eager=True)
                     checkpoints.append(result)
@@ -243,8 +243,7 @@ class SparkEngine:
             "stored_factors": self.stored_factors(session, warehouse, model.model_id, users, items),
             "batch_ratings": batch_frame,
             "step_params": session.createDataFrame(model.step_params(new_version, batch_seq)),
-            "components": session.createDataFrame(model.components()),
-        }, STEP_FILES)
+        }, STEP_FILES, model.params.rank)
         try:
             # prequential: the batch scored by the factors as they were before it. The scoring's
             # first file is the step's first file over the same stored rows: its model_state
@@ -420,12 +419,12 @@ class SparkEngine:
 
 
 @lru_cache(maxsize=None)
-def _reused_relations(steps: tuple[tuple[str, str], ...]) -> frozenset[str]:
+def _reused_relations(steps: tuple[tuple[str, str], ...], rank: int | None) -> frozenset[str]:
     """Relations defined by ``steps`` that the files read more than once (table references
     in the rendered SQL)."""
     counts: dict[str, int] = {}
     for file, _name in steps:
-        tree = sqlglot.parse_one(sqlgen.load(file, "spark"), read="spark")
+        tree = sqlglot.parse_one(sqlgen.load(file, "spark", rank), read="spark")
         for table in tree.find_all(exp.Table):
             counts[table.name] = counts.get(table.name, 0) + 1
     return frozenset(name for _file, name in steps if counts.get(name, 0) >= 2)

@@ -1,9 +1,12 @@
 """One SQL source, two dialects.
 
-The files in ``sql/`` are written once, in DuckDB syntax, using four portable vector
-functions whose spelling differs between engines. ``render(sql, dialect)`` parses a file with
-sqlglot, replaces those calls by the dialect's expression and prints the query for DuckDB or
-Spark (sqlglot also transpiles lambdas, ``range`` vs ``sequence``, casts, and so on):
+The files in ``sql/`` are written once, in DuckDB syntax, using six portable vector
+functions whose spelling differs between engines. ``render(sql, dialect, rank)`` parses a file
+with sqlglot, replaces those calls by the dialect's expression and prints the query for DuckDB
+or Spark (sqlglot also transpiles lambdas, ``range`` vs ``sequence``, casts, and so on).
+``vec_sum`` is written out per component, so a query using it is rendered for one rank (the
+model's): SQL has no aggregate over arrays, and one SUM per component keeps the GROUP BY a
+plain hash aggregate of doubles in either engine.
 
 =====================================  ===========================================  ==========================================
 portable call                          DuckDB                                       Spark
@@ -11,11 +14,15 @@ portable call                          DuckDB                                   
 ``vec_dot(a, b)``                      ``list_dot_product(a, b)``                   ``aggregate(zip_with(a, b, *), 0D, +)``
 ``vec_get(v, k)`` (k from 0)           ``v[k + 1]``                                 ``element_at(v, CAST(k + 1 AS INT))``
 ``vec_collect(x, k)`` (aggregate)      ``list(x ORDER BY k)``                       ``transform(array_sort(collect_list(struct(k, x))), s -> s.x)``
+``vec_axpby(a, x, b, y)``: a x + b y   ``list_transform(x, lambda v, i: a*v + b*y[i])``  ``zip_with(x, y, (v, w) -> a*v + b*w)``
+``vec_sum(v)`` (aggregate, per rank)   ``[SUM(v[1]), ..., SUM(v[rank])]``             ``array(SUM(element_at(v, 1)), ...)``
 ``vec_init(seed, side, id, rank, s)``  the integer hash of `als_core.init`, one element per component
 =====================================  ===========================================  ==========================================
 
 >>> print(render("SELECT vec_get(v, c.k) AS x FROM t, c", "spark"))
 SELECT ELEMENT_AT(v, CAST((c.k) + 1 AS INT)) AS x FROM t, c
+>>> print(render("SELECT id, vec_sum(g) AS s FROM t GROUP BY id", "duckdb", rank=2))
+SELECT id, [SUM((g)[1]), SUM((g)[2])] AS s FROM t GROUP BY id
 """
 
 from __future__ import annotations
@@ -36,12 +43,16 @@ _TEMPLATES = {
         "vec_get": "({0})[({1}) + 1]",
         "vec_collect": "list({0} ORDER BY {1})",
         "vec_init": "list_transform(range(CAST({3} AS BIGINT)), lambda _k: {init})",
+        "vec_axpby": "list_transform({1}, lambda _v, _i: ({0}) * _v + ({2}) * ({3})[_i])",
+        "vec_sum": "SUM(({0})[{k} + 1])",  # per component, inside [...]
     },
     "spark": {
         "vec_dot": "aggregate(zip_with({0}, {1}, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x)",
         "vec_get": "element_at({0}, CAST(({1}) + 1 AS INT))",  # Spark's index argument is INT
         "vec_collect": "transform(array_sort(collect_list(struct({1} AS _k, {0} AS _v))), _s -> _s._v)",
         "vec_init": "transform(sequence(CAST(0 AS BIGINT), CAST({3} AS BIGINT) - 1), _k -> {init})",
+        "vec_axpby": "zip_with({1}, {3}, (_v, _w) -> ({0}) * _v + ({2}) * _w)",
+        "vec_sum": "SUM(element_at({0}, {k} + 1))",  # per component, inside array(...)
     },
 }
 
@@ -53,6 +64,7 @@ _LET = {
     "spark": "transform(array({value}), {var} -> {body})[0]",
 }
 _INT_DIV = {"duckdb": "//", "spark": "DIV"}
+_ARRAY = {"duckdb": "[{}]", "spark": "array({})"}
 
 
 class _HashWriter:
@@ -88,11 +100,16 @@ def init_component_sql(seed: str, side: str, key: str, scale: str, k: str, diale
     return f"({scale}) * (2.0 * (CAST({h} AS DOUBLE) / {P}) - 1.0)"
 
 
-def _replace_portable(node: exp.Expression, dialect: str) -> exp.Expression:
+def _replace_portable(node: exp.Expression, dialect: str, rank: int | None) -> exp.Expression:
     if not isinstance(node, exp.Anonymous) or node.name.lower() not in _TEMPLATES[dialect]:
         return node
     name = node.name.lower()
     args = [a.sql(dialect=dialect) for a in node.expressions]
+    if name == "vec_sum":
+        if rank is None:
+            raise ValueError("vec_sum is written out per component: render the query with the model's rank")
+        parts = ", ".join(_TEMPLATES[dialect][name].format(*args, k=k) for k in range(rank))
+        return sqlglot.parse_one(_ARRAY[dialect].format(parts), read=dialect)
     fields = {}
     if name == "vec_init":
         seed, side, key, _rank, scale = args
@@ -102,12 +119,13 @@ def _replace_portable(node: exp.Expression, dialect: str) -> exp.Expression:
 
 
 @lru_cache(maxsize=None)
-def render(sql: str, dialect: str) -> str:
-    """The query in ``sql`` (DuckDB syntax with portable calls) for ``dialect``."""
+def render(sql: str, dialect: str, rank: int | None = None) -> str:
+    """The query in ``sql`` (DuckDB syntax with portable calls) for ``dialect``; ``rank`` is
+    needed by queries that use ``vec_sum``."""
     if dialect not in DIALECTS:
         raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {DIALECTS}")
     tree = sqlglot.parse_one(sql, read="duckdb")
-    tree = tree.transform(lambda n: _replace_portable(n, dialect))
+    tree = tree.transform(lambda n: _replace_portable(n, dialect, rank))
     return tree.sql(dialect=dialect)
 
 
@@ -120,6 +138,6 @@ def sql_dir() -> Path:
     raise FileNotFoundError("cannot find the sql/ folder of streaming-als")
 
 
-def load(name: str, dialect: str) -> str:
-    """The file ``sql/<name>.sql`` rendered for ``dialect``."""
-    return render((sql_dir() / f"{name}.sql").read_text(), dialect)
+def load(name: str, dialect: str, rank: int | None = None) -> str:
+    """The file ``sql/<name>.sql`` rendered for ``dialect`` (and ``rank``, see `render`)."""
+    return render((sql_dir() / f"{name}.sql").read_text(), dialect, rank)

@@ -1,10 +1,8 @@
--- rating_gradients: each rating's step for its user and its item, one row per vector
--- component k (long form, so the aggregation below is a plain GROUP BY in any engine):
---   ΔU_u[k] = γ (e P_i[k] - λ U_u[k])      ΔP_i[k] = γ (e U_u[k] - λ P_i[k])
-SELECT 'user' AS side, e.user_id AS id, c.k,
-       p.gamma * (e.err * vec_get(e.item_vector, c.k) - p.lambda_ * vec_get(e.user_vector, c.k)) AS grad
-FROM rating_errors AS e CROSS JOIN components AS c CROSS JOIN step_params AS p
-UNION ALL
-SELECT 'item' AS side, e.item_id AS id, c.k,
-       p.gamma * (e.err * vec_get(e.user_vector, c.k) - p.lambda_ * vec_get(e.item_vector, c.k)) AS grad
-FROM rating_errors AS e CROSS JOIN components AS c CROSS JOIN step_params AS p
+-- rating_gradients: each rating's step for its user and for its item, as vectors
+-- (vec_axpby(a, x, b, y) = a x + b y, component by component):
+--   ΔU_u = γ (e P_i - λ U_u)      ΔP_i = γ (e U_u - λ P_i)
+SELECT e.user_id, e.item_id, e.err,
+       vec_axpby(p.gamma * e.err, e.item_vector, -p.gamma * p.lambda_, e.user_vector) AS user_grad,
+       vec_axpby(p.gamma * e.err, e.user_vector, -p.gamma * p.lambda_, e.item_vector) AS item_grad
+FROM rating_errors AS e
+CROSS JOIN step_params AS p
