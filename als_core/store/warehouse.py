@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,11 @@ def warehouse_uri(uri: str | os.PathLike | None = None) -> str:
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _local_path(uri: str) -> Path:
+    """A local table URI (plain path or file://) as a path."""
+    return Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
 
 
 def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
@@ -111,11 +117,20 @@ class Warehouse:
             cached = self._tables.get(name)
             if cached is None:
                 cached = self._tables[name] = DeltaTable(self.table_uri(name), storage_options=self.storage_options)
-            else:
+            elif not self._is_current(cached):
                 cached.update_incremental()
             return cached
         except TableNotFoundError:
             return None
+
+    def _is_current(self, dt: DeltaTable) -> bool:
+        """Whether a local table has no commit after ``dt``'s version: every commit writes its
+        log entry ``<version>.json``, so one stat replaces a log listing (update_incremental
+        costs milliseconds, and a step asks several times). Object stores: always refresh."""
+        if not self.is_local:
+            return False
+        log = _local_path(dt.table_uri) / "_delta_log"
+        return not (log / f"{dt.version() + 1:020d}.json").exists()
 
     def _target(self, name: str):
         """What to hand write_deltalake: the cached table (saves a log replay) or the URI."""
@@ -141,6 +156,19 @@ class Warehouse:
             return schema.empty_table().select(columns) if columns else schema.empty_table()
         dataset = dt.to_pyarrow_dataset()
         return dataset.to_table(filter=filter, columns=columns)
+
+    def read_pruned(self, name: str, pruning: list[tuple], filter: pds.Expression) -> pa.Table:
+        """Rows of an unpartitioned table matching ``filter``, reading only the files whose
+        Delta statistics may match ``pruning`` (delta-rs DNF, e.g. ``[("batch_id", "=", b)]``).
+        Local stores read the listed Parquet files directly: building the full pyarrow dataset
+        costs time in proportion to the table's file count, this costs O(matching files).
+        Elsewhere it is `read` with the filter."""
+        dt = self.table(name)
+        schema, partition_by = TABLES[name]
+        if dt is None or not self.is_local or partition_by or dt.protocol().min_reader_version != 1:
+            return self.read(name, filter=filter)
+        files = dt.file_uris(file_pruning_predicate=pruning)
+        return pds.dataset(files, schema=schema, format="parquet").to_table(filter=filter)
 
     def append(self, name: str, rows: pa.Table, txn: tuple[str, int] | None = None) -> None:
         """Append rows (cast to the table's schema), optionally with an app transaction."""
@@ -189,7 +217,7 @@ class Warehouse:
         f = pc.field("batch_id") == batch_id
         if holdout is not None:
             f = f & (pc.field("holdout") == holdout)
-        return self.read("ratings", filter=f)
+        return self.read_pruned("ratings", [("batch_id", "=", batch_id)], f)
 
     def holdout_ratings(self) -> pa.Table:
         return self.read("ratings", filter=pc.field("holdout") == True)  # noqa: E712
