@@ -35,6 +35,8 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from als_core.store.schemas import TABLES, check_model_id
 
 DEFAULT_WAREHOUSE = "./warehouse"
+# Tables small enough to keep in memory (one row per batch, model, version or compaction).
+SMALL_TABLES = frozenset({"batches", "models", "compactions", "evaluations"})
 COMMIT_ATTEMPTS = 8
 
 
@@ -94,6 +96,7 @@ class Warehouse:
         self.uri = warehouse_uri(uri)
         self.storage_options = storage_options
         self._tables: dict[str, DeltaTable] = {}  # latest snapshots, refreshed incrementally
+        self._small: dict[str, tuple[int, set[str], pa.Table]] = {}  # SMALL_TABLES: (version, files, rows)
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True)
 
@@ -149,26 +152,63 @@ class Warehouse:
 
     def read(self, name: str, filter: pds.Expression | None = None, columns: list[str] | None = None,
              version: int | None = None) -> pa.Table:
-        """Rows of a table (empty table with the schema if it does not exist)."""
+        """Rows of a table (empty table with the schema if it does not exist). The small
+        ledger-like tables of a local store are read from an in-memory copy kept up to date
+        file by file (`_small_table_rows`)."""
         dt = self.table(name, version)
         schema = TABLES[name][0]
         if dt is None:
             return schema.empty_table().select(columns) if columns else schema.empty_table()
+        if version is None and name in SMALL_TABLES and self._plain_local(name, dt):
+            rows = self._small_table_rows(name, dt)
+            rows = rows.filter(filter) if filter is not None else rows
+            return rows.select(columns) if columns else rows
         dataset = dt.to_pyarrow_dataset()
         return dataset.to_table(filter=filter, columns=columns)
 
-    def read_pruned(self, name: str, pruning: list[tuple], filter: pds.Expression) -> pa.Table:
-        """Rows of an unpartitioned table matching ``filter``, reading only the files whose
-        Delta statistics may match ``pruning`` (delta-rs DNF, e.g. ``[("batch_id", "=", b)]``).
-        Local stores read the listed Parquet files directly: building the full pyarrow dataset
-        costs time in proportion to the table's file count, this costs O(matching files).
-        Elsewhere it is `read` with the filter."""
+    def _plain_local(self, name: str, dt: DeltaTable) -> bool:
+        """Whether the table's files can be read directly as Parquet: a local, unpartitioned
+        table at reader version 1 (no deletion vectors, no column mapping)."""
+        return self.is_local and not TABLES[name][1] and dt.protocol().min_reader_version == 1
+
+    def _small_table_rows(self, name: str, dt: DeltaTable) -> pa.Table:
+        """Every row of a small table at the snapshot's version. Delta files never change, so
+        when the live files are the cached ones plus new ones (appends: the ledger, the
+        evaluations) only the new files are read; any removal (an overwrite, e.g. of
+        ``models``) reads the table again. Without this, each read of the ledger opened every
+        file ever appended to it (one per ingested batch)."""
+        version = dt.version()
+        cached = self._small.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[2]
+        files = dt.file_uris()
+        schema = TABLES[name][0]
+        if cached is not None and cached[1] <= set(files):
+            new = [f for f in files if f not in cached[1]]
+            rows = pa.concat_tables([cached[2], pds.dataset(new, schema=schema, format="parquet").to_table()])
+        else:
+            rows = pds.dataset(files, schema=schema, format="parquet").to_table()
+        self._small[name] = (version, set(files), rows)
+        return rows
+
+    def read_pruned(self, name: str, pruning: list[tuple], filter: pds.Expression,
+                    columns: list[str] | None = None) -> pa.Table:
+        """Rows of a table matching ``filter``, reading only the files whose Delta partition
+        values and statistics may match ``pruning`` (delta-rs DNF, e.g.
+        ``[("batch_id", "=", b)]``). A local store reads the listed Parquet files directly:
+        building the full pyarrow dataset costs time in proportion to the table's file count,
+        this costs O(matching files). Elsewhere it is `read` with the filter."""
         dt = self.table(name)
         schema, partition_by = TABLES[name]
-        if dt is None or not self.is_local or partition_by or dt.protocol().min_reader_version != 1:
-            return self.read(name, filter=filter)
+        if dt is None or not self.is_local or dt.protocol().min_reader_version != 1:
+            return self.read(name, filter=filter, columns=columns)
         files = dt.file_uris(file_pruning_predicate=pruning)
-        return pds.dataset(files, schema=schema, format="parquet").to_table(filter=filter)
+        partitioning = None
+        if partition_by:  # partition values live in the folder names (Hive style), not in the files
+            partitioning = pds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
+        dataset = pds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
+                              partition_base_dir=str(_local_path(dt.table_uri)) if partitioning else None)
+        return dataset.to_table(filter=filter, columns=columns)
 
     def append(self, name: str, rows: pa.Table, txn: tuple[str, int] | None = None) -> None:
         """Append rows (cast to the table's schema), optionally with an app transaction."""
@@ -260,14 +300,25 @@ class Warehouse:
     def model_versions(self, model_id: str) -> pa.Table:
         """One row per version: version, batch_seq, n (ratings seen), mu. The global row is
         written by every version and kept by compaction, so this is the version history."""
-        rows = self.read(
-            "factors",
-            filter=(pc.field("model_id") == check_model_id(model_id)) & (pc.field("side") == "global"),
+        rows = self.read_pruned(
+            "factors", [("model_id", "=", check_model_id(model_id)), ("side", "=", "global")],
+            filter=(pc.field("model_id") == model_id) & (pc.field("side") == "global"),
             columns=["version", "batch_seq", "n", "bias"],
         )
         return rows.rename_columns(["version", "batch_seq", "n", "mu"]).sort_by("version")
 
     def current_version(self, model_id: str) -> int:
+        """The model's latest version (0: none). Every version writes rows, so it is the
+        largest ``version`` in the model's files: read from the Delta statistics (no data file
+        is opened), or from the rows when a file has no statistics."""
+        check_model_id(model_id)
+        dt = self.table("factors")
+        if dt is not None:
+            actions = pa.table(dt.get_add_actions(flatten=True))
+            if {"partition.model_id", "max.version"} <= set(actions.column_names):
+                mine = actions.filter(pc.equal(actions["partition.model_id"], model_id))
+                if mine["max.version"].null_count == 0:
+                    return int(pc.max(mine["max.version"]).as_py() or 0) if mine.num_rows else 0
         versions = self.model_versions(model_id)["version"]
         return int(pc.max(versions).as_py() or 0) if len(versions) else 0
 
