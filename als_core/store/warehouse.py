@@ -1,9 +1,12 @@
 """The Delta factor store: every table of DESIGN.md under one warehouse URI.
 
 delta-rs (``deltalake``) is the only writer. Reads go through ``to_pyarrow_dataset()``, whose
-fragments carry each file's min/max statistics, so a filter on ``batch_id`` or ``id`` skips
-files that cannot match: reading one batch, or the factors of one batch's ids after
-compaction, costs O(batch), not O(history).
+fragments carry each file's min/max statistics, so a filter on ``id`` skips files that cannot
+match. On a local store the per-batch reads avoid anything that grows with the table's file
+count: one batch's ratings come from the files delta-rs' statistics allow (`read_pruned`),
+the small tables (ledger, models, ...) from an in-memory copy extended file by file, a
+model's current version from the statistics, and a cached snapshot is refreshed only when a
+newer log entry exists.
 
 Exactly-once:
 * a factor version is one Delta commit holding the changed rows plus the app transaction
@@ -186,6 +189,8 @@ class Warehouse:
         if cached is not None and cached[1] <= set(files):
             new = [f for f in files if f not in cached[1]]
             rows = pa.concat_tables([cached[2], pds.dataset(new, schema=schema, format="parquet").to_table()])
+            if rows.num_columns and rows.column(0).num_chunks > 64:  # one chunk per append otherwise
+                rows = rows.combine_chunks()
         else:
             rows = pds.dataset(files, schema=schema, format="parquet").to_table()
         self._small[name] = (version, set(files), rows)
