@@ -11,8 +11,8 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   text and runs it again at every step: one parse, bind and plan per step (building the
   relation from the text each time parses and binds it twice, and the scoring was a second
   query). A CTE read by two or more later parts is MATERIALIZED; one read once is NOT
-  MATERIALIZED, so DuckDB streams it into its reader (the long-form gradients, rank x 2
-  rows per rating, go straight into their GROUP BY instead of being stored first).
+  MATERIALIZED, so DuckDB streams it into its reader instead of storing it first (the
+  per-key gradient sums flow straight into apply_gradients).
 * **Factor reads from a cache of immutable files.** Delta data files never change once
   written, so the engine keeps the decoded rows of the model's ``factors`` files (numpy
   columns sorted by (side, id)) in a byte-bounded LRU cache keyed by path. Which files are
@@ -63,10 +63,9 @@ def arrow_of(result) -> pa.Table:
 
 def _with(ctes: list[tuple[str, str]], final: str, inline: tuple[str, ...] = ()) -> str:
     """``WITH ... <final>`` over (name, body) CTEs. A CTE read by two or more later parts is
-    MATERIALIZED (computed once); one read once is NOT MATERIALIZED, so DuckDB inlines it and
-    streams it into its reader: the step's long-form gradients (rank x 2 rows per rating) then
-    flow straight into their GROUP BY instead of being stored first. ``inline``: CTEs never
-    materialized (aliases of a materialized one)."""
+    MATERIALIZED (computed once; DuckDB 2 may still stream it to its readers); one read once
+    is NOT MATERIALIZED, so DuckDB inlines it and streams it into its reader instead of
+    storing it first. ``inline``: CTEs never materialized (aliases of a materialized one)."""
     texts = [re.sub(r"/\*.*?\*/|--[^\n]*", " ", body, flags=re.S) for _, body in ctes] + [final]
     parts = []
     for at, (name, body) in enumerate(ctes):
