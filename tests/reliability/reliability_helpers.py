@@ -269,10 +269,17 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def _lower_priority() -> None:
+    os.nice(10)
+
+
 def start_worker(warehouse: str, files, *, handshake: bool = False, **options) -> subprocess.Popen:
+    """The worker runs at a lower CPU priority than this process: an event-triggered kill
+    must land in the few milliseconds between a data file and its commit, and on a busy
+    machine the watching parent has to get the CPU first."""
     return subprocess.Popen(worker_command(warehouse, files, handshake=handshake, **options), env=child_env(),
                             stdin=subprocess.PIPE if handshake else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(REPO))
+                            stderr=subprocess.PIPE, cwd=str(REPO), preexec_fn=_lower_priority)
 
 
 def run_worker(warehouse: str, files, plan: KillPlan | None = None, inotify: Inotify | None = None,
