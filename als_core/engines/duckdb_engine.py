@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from als_core.engines import sqlgen
 from als_core.engines.base import SCORE_FILES, STEP_FILES, ModelSpec, StepResult, batch_relation, score_params
 from als_core.store.schemas import check_model_id
+from als_core.store.warehouse import is_plain_parquet
 
 #: Default size of the factor file cache (bytes of decoded Arrow data), overridable with the
 #: environment variable STREAMING_ALS_DUCKDB_CACHE_BYTES or the engine's ``cache_bytes``.
@@ -330,7 +331,7 @@ class DuckDBEngine:
         dt = warehouse.table("factors")
         if dt is None:
             return None
-        if dt.protocol().min_reader_version != 1:  # deletion vectors, column mapping...: not plain Parquet
+        if not is_plain_parquet(dt):  # deletion vectors, column mapping...: the files alone are not the table
             return None
         folder = f"/model_id={model_id}/"  # delta-rs and the Spark engine write Hive-style partition folders
         paths = [u[len("file://"):] if u.startswith("file://") else u for u in dt.file_uris() if folder in u]

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from als_core.als import ALSParams, fit_als
 from als_core.datasets import shipped_ratings_path
 from als_core.engines.base import get_engine

@@ -61,6 +61,17 @@ def _local_path(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
 
 
+def _max_version_from_stats(dt: DeltaTable, model_id: str) -> tuple[bool, int | None]:
+    """The largest ``version`` in a model's ``factors`` files per the Delta statistics (no
+    data file is opened): (True, None) when the model has no file; (False, ...) when some of
+    its files have no statistics, so the answer is only a lower bound."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    if not {"max.version", "partition.model_id"} <= set(actions.column_names):
+        return False, None
+    mine = actions.filter(pc.equal(actions["partition.model_id"], model_id))["max.version"]
+    return mine.null_count == 0, (pc.max(mine).as_py() if len(mine) else None)
+
+
 def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
     """Run ``fn`` again when delta-rs reports a conflicting concurrent commit (bounded,
     exponential backoff with jitter). ``fn`` must re-read what it depends on."""
@@ -74,14 +85,20 @@ def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
             time.sleep(base_delay * (2**attempt) * (0.5 + rng.random()))
 
 
-def check_plain_parquet(dt: DeltaTable, where: str) -> None:
-    """Refuse a Delta table whose data files are not plain Parquet (reader version > 1, e.g.
-    deletion vectors or column mapping). Engines without a Delta reader (Spark without
-    delta-spark) read and write its files directly, which is only correct for reader
-    version 1 tables without deletion vectors."""
+def is_plain_parquet(dt: DeltaTable) -> bool:
+    """Whether a Delta table's data files can be read as plain Parquet: reader version 1 and
+    no deletion vectors (no column mapping either, which needs a higher reader version)."""
     protocol = dt.protocol()
-    features = list(protocol.reader_features or [])
-    if protocol.min_reader_version != 1 or "deletionVectors" in features:
+    return protocol.min_reader_version == 1 and "deletionVectors" not in (protocol.reader_features or [])
+
+
+def check_plain_parquet(dt: DeltaTable, where: str) -> None:
+    """Refuse a Delta table whose data files are not plain Parquet (`is_plain_parquet`).
+    Engines without a Delta reader (Spark without delta-spark) read and write its files
+    directly, which is only correct for reader version 1 tables without deletion vectors."""
+    if not is_plain_parquet(dt):
+        protocol = dt.protocol()
+        features = list(protocol.reader_features or [])
         raise StoreError(
             f"the Delta table at {where} needs reader version {protocol.min_reader_version} (reader features: "
             f"{', '.join(features) or 'none'}); its data files cannot be read as plain Parquet, which engines "
@@ -172,7 +189,7 @@ class Warehouse:
     def _plain_local(self, name: str, dt: DeltaTable) -> bool:
         """Whether the table's files can be read directly as Parquet: a local, unpartitioned
         table at reader version 1 (no deletion vectors, no column mapping)."""
-        return self.is_local and not TABLES[name][1] and dt.protocol().min_reader_version == 1
+        return self.is_local and not TABLES[name][1] and is_plain_parquet(dt)
 
     def _small_table_rows(self, name: str, dt: DeltaTable) -> pa.Table:
         """Every row of a small table at the snapshot's version. Delta files never change, so
@@ -205,7 +222,7 @@ class Warehouse:
         this costs O(matching files). Elsewhere it is `read` with the filter."""
         dt = self.table(name)
         schema, partition_by = TABLES[name]
-        if dt is None or not self.is_local or dt.protocol().min_reader_version != 1:
+        if dt is None or not self.is_local or not is_plain_parquet(dt):
             return self.read(name, filter=filter, columns=columns)
         files = dt.file_uris(file_pruning_predicate=pruning)
         partitioning = None
@@ -319,11 +336,9 @@ class Warehouse:
         check_model_id(model_id)
         dt = self.table("factors")
         if dt is not None:
-            actions = pa.table(dt.get_add_actions(flatten=True))
-            if {"partition.model_id", "max.version"} <= set(actions.column_names):
-                mine = actions.filter(pc.equal(actions["partition.model_id"], model_id))
-                if mine["max.version"].null_count == 0:
-                    return int(pc.max(mine["max.version"]).as_py() or 0) if mine.num_rows else 0
+            known, latest = _max_version_from_stats(dt, model_id)
+            if known:
+                return latest or 0
         versions = self.model_versions(model_id)["version"]
         return int(pc.max(versions).as_py() or 0) if len(versions) else 0
 
@@ -382,11 +397,7 @@ class Warehouse:
             common.append(("version", "<=", int(version)))
         # Every version writes a global row, so the latest one (all a step needs) has the
         # largest version <= ``version``: skip the files of older versions for it.
-        actions = pa.table(dt.get_add_actions(flatten=True))
-        latest = None
-        if {"max.version", "partition.model_id"} <= set(actions.column_names):
-            mine = actions.filter(pc.equal(actions["partition.model_id"], model_id))
-            latest = pc.max(mine["max.version"]).as_py() if mine.num_rows else None
+        latest = _max_version_from_stats(dt, model_id)[1]
         if latest is not None and version is not None:
             latest = min(int(latest), int(version))
         groups = [common + [("side", "=", "global")] + ([("version", ">=", int(latest))] if latest is not None else [])]
@@ -420,4 +431,4 @@ class Warehouse:
         return retry_commit(write)
 
 
-__all__ = ["Warehouse", "StoreError", "check_plain_parquet", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]
+__all__ = ["Warehouse", "StoreError", "check_plain_parquet", "is_plain_parquet", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]
