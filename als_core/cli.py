@@ -281,6 +281,19 @@ def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None):
         console.print(f"{m}: {r['rows_before']} rows -> {r['rows_after']}")
 
 
+@app.command("log-retention")
+@friendly_errors
+def log_retention(duration: Annotated[Optional[str], typer.Argument(
+                      help="Keep each table's Delta log this long, e.g. '1 day', '12 hours'; omit to show the setting.")] = None,
+                  warehouse: WarehouseOpt = None):
+    """Show or set how long the Delta logs (and so time travel) are kept. Every commit lists
+    the log folder: a shorter retention keeps commits fast as versions accumulate, but model
+    versions older than the last compaction before that horizon can no longer be read."""
+    wh = _warehouse(warehouse)
+    settings = wh.set_log_retention(duration) if duration else wh.log_retention()
+    _print_table("Delta log retention", ["table", "retention"], sorted(settings.items()))
+
+
 # --------------------------------------------------------------------------- serving and SQL
 @app.command()
 @friendly_errors

@@ -202,6 +202,8 @@ def _last20(truth, pred, scale) -> dict:
     cut = int(np.floor(0.8 * len(truth)))
     truth, pred = truth[cut:], pred[cut:]
     scored = ~np.isnan(pred)
+    if not scored.any():  # e.g. a stream of one batch: a fresh model scores nothing before it learns
+        return {"n_scored": 0, "n_unscored": int(len(truth)), "note": "no scored prediction in the last 20 %"}
     return {**_score(truth[scored], pred[scored], scale), "n_unscored": int((~scored).sum())}
 
 
@@ -568,6 +570,9 @@ def summarise(runs: list[dict]) -> dict:
         values = [r[key] for r in ok if key in r]
         if values:
             out[key] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    ok_notes = sorted({r["note"] for r in ok if r.get("note")})
+    if ok_notes:
+        out["note"] = "; ".join(ok_notes)
     bad = [r for r in runs if r["status"] != "ok"]
     if bad:
         out["note"] = bad[-1].get("error", "")[-400:] or f"{bad[-1]['status']} (limit {bad[-1].get('time_limit_s')} s)"
@@ -641,6 +646,8 @@ def markdown(results: list[dict]) -> str:
                 return "–" if v is None else fmt(v["median"], digits)  # deterministic: min == median
             status = s["status"] if s["status"] == "ok" else f"{s['status']}" + (
                 f" ({s['time_limit_s']:.0f} s limit)" if "time_limit_s" in s else "")
+            if s["status"] == "ok" and s.get("note"):
+                status += f" ({s['note']})"
             if task == "random":
                 lines.append(f"| {r['dataset']} | {r['system']} | {r['setting']} | {one('rmse')} | {one('mae')} | "
                              f"{mm('fit_s')} | {mm('predict_s')} | {mm('peak_rss_mb')} | {status} |")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,26 @@ DEFAULT_WAREHOUSE = "./warehouse"
 # Tables small enough to keep in memory (one row per batch, model, version or compaction).
 SMALL_TABLES = frozenset({"batches", "models", "compactions", "evaluations"})
 COMMIT_ATTEMPTS = 8
+
+
+# Delta table property: how long log entries (and so time travel) are kept. Each commit lists
+# the log folder, so a long retention makes every commit slower as versions accumulate.
+LOG_RETENTION_PROPERTY = "delta.logRetentionDuration"
+DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default when the property is unset
+_INTERVAL = re.compile(r"^(?:interval\s+)?(\d+)\s*(second|minute|hour|day|week)s?$", re.IGNORECASE)
+
+
+def delta_interval(duration: str) -> str:
+    """A duration as a Delta interval property value.
+
+    >>> delta_interval("7 days"), delta_interval("interval 1 hour"), delta_interval("30 minutes")
+    ('interval 7 days', 'interval 1 hours', 'interval 30 minutes')
+    """
+    match = _INTERVAL.match(str(duration).strip())
+    if not match:
+        raise StoreError(f"log retention {duration!r}: expected a duration such as '7 days', '12 hours' or "
+                         "'30 minutes' (units: second, minute, hour, day, week)")
+    return f"interval {int(match.group(1))} {match.group(2).lower()}s"
 
 
 class StoreError(RuntimeError):
@@ -133,10 +154,25 @@ class Warehouse:
     def table(self, name: str, version: int | None = None) -> DeltaTable | None:
         """The Delta table (latest, or as of a table version), or None if never written.
         Latest snapshots are cached and brought up to date incrementally (only new log
-        entries are read), which keeps per-batch overhead flat as history grows."""
+        entries are read), which keeps per-batch overhead flat as history grows. A table
+        version whose log entries were cleaned up (`set_log_retention`) raises StoreError."""
         try:
             if version is not None:
                 return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            latest = self.table(name)
+            if latest is None:
+                return None
+            if version > latest.version():
+                raise StoreError(f"the {name!r} table has versions up to {latest.version()}, not {version}") from None
+            # delta-rs says "not found" for a version whose log is gone: never read it as empty.
+            retention = latest.metadata().configuration.get(LOG_RETENTION_PROPERTY, DEFAULT_LOG_RETENTION)
+            raise StoreError(
+                f"version {version} of the {name!r} table is no longer readable: its Delta log entries were "
+                f"cleaned up (log retention: {retention}; the table is at version {latest.version()}). "
+                "Model versions older than the last compaction before that point cannot be read or rolled "
+                "back to.") from None
+        try:
             cached = self._tables.get(name)
             if cached is None:
                 cached = self._tables[name] = DeltaTable(self.table_uri(name), storage_options=self.storage_options)
@@ -245,6 +281,29 @@ class Warehouse:
         rows = rows.select(schema.names).cast(schema)
         retry_commit(lambda: write_deltalake(self.table_uri(name), rows, mode="overwrite", predicate=predicate,
                                              partition_by=partition_by, storage_options=self.storage_options))
+
+    def log_retention(self) -> dict[str, str]:
+        """Each existing table's log retention (`LOG_RETENTION_PROPERTY`, Delta's default if unset)."""
+        out = {}
+        for name in TABLES:
+            dt = self.table(name)
+            if dt is not None:
+                out[name] = dt.metadata().configuration.get(LOG_RETENTION_PROPERTY, DEFAULT_LOG_RETENTION)
+        return out
+
+    def set_log_retention(self, duration: str) -> dict[str, str]:
+        """Keep every table's Delta log for ``duration`` (e.g. ``"1 day"``); returns the new
+        settings. delta-rs deletes older log entries when it writes a checkpoint (every 100
+        commits), which keeps the log folder, and with it the cost of each commit, bounded.
+        The price: Delta time travel ends there, so a model version older than the last
+        compaction before that point can no longer be read or rolled back to."""
+        interval = delta_interval(duration)
+        self.ensure_tables()
+        for name in TABLES:
+            def alter(name=name):
+                self.table(name).alter.set_table_properties({LOG_RETENTION_PROPERTY: interval})
+            retry_commit(alter)
+        return self.log_retention()
 
     def transaction_version(self, name: str, app_id: str) -> int | None:
         dt = self.table(name)
@@ -431,4 +490,4 @@ class Warehouse:
         return retry_commit(write)
 
 
-__all__ = ["Warehouse", "StoreError", "check_plain_parquet", "is_plain_parquet", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]
+__all__ = ["Warehouse", "StoreError", "delta_interval", "LOG_RETENTION_PROPERTY", "check_plain_parquet", "is_plain_parquet", "warehouse_uri", "retry_commit", "now_utc", "DEFAULT_WAREHOUSE"]
