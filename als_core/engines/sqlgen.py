@@ -42,7 +42,6 @@ _TEMPLATES = {
         "vec_dot": "list_dot_product({0}, {1})",
         "vec_get": "({0})[({1}) + 1]",
         "vec_collect": "list({0} ORDER BY {1})",
-        "vec_init": "list_transform(range(CAST({3} AS BIGINT)), lambda _k: {init})",
         "vec_axpby": "list_transform({1}, lambda _v, _i: ({0}) * _v + ({2}) * ({3})[_i])",
         "vec_sum": "SUM(({0})[{k} + 1])",  # per component, inside [...]
     },
@@ -50,7 +49,6 @@ _TEMPLATES = {
         "vec_dot": "aggregate(zip_with({0}, {1}, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x)",
         "vec_get": "element_at({0}, CAST(({1}) + 1 AS INT))",  # Spark's index argument is INT
         "vec_collect": "transform(array_sort(collect_list(struct({1} AS _k, {0} AS _v))), _s -> _s._v)",
-        "vec_init": "transform(sequence(CAST(0 AS BIGINT), CAST({3} AS BIGINT) - 1), _k -> {init})",
         "vec_axpby": "zip_with({1}, {3}, (_v, _w) -> ({0}) * _v + ({2}) * _w)",
         "vec_sum": "SUM(element_at({0}, {k} + 1))",  # per component, inside array(...)
     },
@@ -64,6 +62,11 @@ _LET = {
     "spark": "transform(array({value}), {var} -> {body})[0]",
 }
 _INT_DIV = {"duckdb": "//", "spark": "DIV"}
+# vec_init: one element per component k, from the key's hash bound to _b (see init_vector_sql).
+_INIT_COMPONENTS = {
+    "duckdb": "list_transform(range(CAST({rank} AS BIGINT)), lambda _k: {init})",
+    "spark": "transform(sequence(CAST(0 AS BIGINT), CAST({rank} AS BIGINT) - 1), _k -> {init})",
+}
 _ARRAY = {"duckdb": "[{}]", "spark": "array({})"}
 
 
@@ -88,33 +91,33 @@ class _HashWriter:
         return self.let(h, lambda v: f"(({v} * {v} + ({x}) % {P}) % {P})")
 
 
-def init_component_sql(seed: str, side: str, key: str, scale: str, k: str, dialect: str) -> str:
-    """SQL expression for component ``k`` of the initial vector (see `als_core.init`)."""
+def init_vector_sql(seed: str, side: str, key: str, rank: str, scale: str, dialect: str) -> str:
+    """SQL expression for the initial vector of (seed, side, key) (see `als_core.init`): the
+    key's hash is computed once per row and bound to ``_b``; each component k then costs one
+    more round (`component_hash`), not the whole hash again."""
     P = init.P
     w = _HashWriter(dialect)
     h = f"(CAST({seed} AS BIGINT) % {P} * {init.A3} % {P})"
     h = w.mix(h, f"CAST({side} AS BIGINT)")
     h = w.mix(h, f"CAST({key} AS BIGINT) % 2147483648")
-    h = w.mix(h, f"CAST({key} AS BIGINT) {_INT_DIV[dialect]} 2147483648")
-    h = w.mix(h, f"CAST({k} AS BIGINT)")
-    return f"({scale}) * (2.0 * (CAST({h} AS DOUBLE) / {P}) - 1.0)"
+    base = w.mix(h, f"CAST({key} AS BIGINT) {_INT_DIV[dialect]} 2147483648")
+    component = f"({scale}) * (2.0 * (CAST({w.mix('_b', 'CAST(_k AS BIGINT)')} AS DOUBLE) / {P}) - 1.0)"
+    return _LET[dialect].format(value=base, var="_b", body=_INIT_COMPONENTS[dialect].format(rank=rank, init=component))
 
 
 def _replace_portable(node: exp.Expression, dialect: str, rank: int | None) -> exp.Expression:
-    if not isinstance(node, exp.Anonymous) or node.name.lower() not in _TEMPLATES[dialect]:
+    if not isinstance(node, exp.Anonymous) or node.name.lower() not in (*_TEMPLATES[dialect], "vec_init"):
         return node
     name = node.name.lower()
     args = [a.sql(dialect=dialect) for a in node.expressions]
+    if name == "vec_init":
+        return sqlglot.parse_one(init_vector_sql(*args, dialect=dialect), read=dialect)
     if name == "vec_sum":
         if rank is None:
             raise ValueError("vec_sum is written out per component: render the query with the model's rank")
         parts = ", ".join(_TEMPLATES[dialect][name].format(*args, k=k) for k in range(rank))
         return sqlglot.parse_one(_ARRAY[dialect].format(parts), read=dialect)
-    fields = {}
-    if name == "vec_init":
-        seed, side, key, _rank, scale = args
-        fields["init"] = init_component_sql(seed, side, key, scale, "_k", dialect)
-    text = _TEMPLATES[dialect][name].format(*args, **fields)
+    text = _TEMPLATES[dialect][name].format(*args)
     return sqlglot.parse_one(text, read=dialect)
 
 
