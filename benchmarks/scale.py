@@ -78,6 +78,8 @@ def step_point(n_users: int, history: int, args) -> dict:
         t0 = time.perf_counter()
         wh, setup = ss.build_store(root, n_users, args.items, 10, args.seed, lambda m: print(m, flush=True))
         out["setup"] = setup
+        if args.log_retention != "default":  # before the stream: every table's log stays bounded
+            out["log_retention"] = wh.set_log_retention(args.log_retention)["factors"]
         small, large = 1_000, 100_000
         plan = [small] * (history - 1) + ([small] * args.timed + [large] * args.timed_large) * 2
         stream = synthetic_ratings(sum(plan), n_users, args.items, rank=10, seed=args.seed + 7)
@@ -105,6 +107,7 @@ def step_point(n_users: int, history: int, args) -> dict:
             apply_next()
         out["setup"]["history_apply_s"] = round(time.perf_counter() - t0, 2)
         out["factor_files_before"] = len(wh.table("factors").file_uris())
+        out["factor_log_entries"] = sum(1 for _ in (root / "factors" / "_delta_log").iterdir())
         for phase in ("before_compaction", "after_compaction"):
             if phase == "after_compaction":
                 t0 = time.perf_counter()
@@ -256,6 +259,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ratings", nargs="+", type=int, default=[1_000_000, 5_000_000])
     ap.add_argument("--ranks", nargs="+", type=int, default=[10, 50, 100])
     ap.add_argument("--rank-ratings", type=int, default=1_000_000)
+    ap.add_argument("--log-retention", nargs="+", default=["default"],
+                    help="Delta log retention of the step stores ('default' = Delta's 30 days, or e.g. '1 second'); "
+                         "each value is one more series of points")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-limit", type=float, default=1200.0)
@@ -290,13 +296,15 @@ def main(argv=None) -> int:
             save()
     if "step" in args.parts:
         result["step"] = []
-        sub = {"items": args.items, "timed": args.timed, "timed_large": args.timed_large, "seed": args.seed}
-        for n_users in args.users:
-            for hist in args.history:
-                point = repeat_point("step", {"n_users": n_users, "history": hist, "args": sub}, 1, args.time_limit,
-                                     "peak_rss_mb")
-                result["step"].append({**point, "history_versions": hist})
-                save()
+        for retention in args.log_retention:
+            sub = {"items": args.items, "timed": args.timed, "timed_large": args.timed_large, "seed": args.seed,
+                   "log_retention": retention}
+            for n_users in args.users:
+                for hist in args.history:
+                    point = repeat_point("step", {"n_users": n_users, "history": hist, "args": sub}, 1,
+                                         args.time_limit, "peak_rss_mb")
+                    result["step"].append({**point, "history_versions": hist, "log_retention": retention})
+                    save()
     save()
     print("plots:", plots(result, args.out.parent))
     return 0
