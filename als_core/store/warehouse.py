@@ -51,6 +51,11 @@ DEFAULT_LOG_RETENTION = "interval 30 days"  # Delta's default when the property 
 _INTERVAL = re.compile(r"^(?:interval\s+)?(\d+)\s*(second|minute|hour|day|week)s?$", re.IGNORECASE)
 
 
+def log_retention_of(dt: DeltaTable) -> str:
+    """A Delta table's log retention (Delta's default when the property is unset)."""
+    return dt.metadata().configuration.get(LOG_RETENTION_PROPERTY, DEFAULT_LOG_RETENTION)
+
+
 def delta_interval(duration: str) -> str:
     """A duration as a Delta interval property value.
 
@@ -166,10 +171,9 @@ class Warehouse:
             if version > latest.version():
                 raise StoreError(f"the {name!r} table has versions up to {latest.version()}, not {version}") from None
             # delta-rs says "not found" for a version whose log is gone: never read it as empty.
-            retention = latest.metadata().configuration.get(LOG_RETENTION_PROPERTY, DEFAULT_LOG_RETENTION)
             raise StoreError(
                 f"version {version} of the {name!r} table is no longer readable: its Delta log entries were "
-                f"cleaned up (log retention: {retention}; the table is at version {latest.version()}). "
+                f"cleaned up (log retention: {log_retention_of(latest)}; the table is at version {latest.version()}). "
                 "Model versions older than the last compaction before that point cannot be read or rolled "
                 "back to.") from None
         try:
@@ -284,12 +288,8 @@ class Warehouse:
 
     def log_retention(self) -> dict[str, str]:
         """Each existing table's log retention (`LOG_RETENTION_PROPERTY`, Delta's default if unset)."""
-        out = {}
-        for name in TABLES:
-            dt = self.table(name)
-            if dt is not None:
-                out[name] = dt.metadata().configuration.get(LOG_RETENTION_PROPERTY, DEFAULT_LOG_RETENTION)
-        return out
+        tables = {name: self.table(name) for name in TABLES}
+        return {name: log_retention_of(dt) for name, dt in tables.items() if dt is not None}
 
     def set_log_retention(self, duration: str) -> dict[str, str]:
         """Keep every table's Delta log for ``duration`` (e.g. ``"1 day"``); returns the new
