@@ -161,21 +161,8 @@ class Warehouse:
         Latest snapshots are cached and brought up to date incrementally (only new log
         entries are read), which keeps per-batch overhead flat as history grows. A table
         version whose log entries were cleaned up (`set_log_retention`) raises StoreError."""
-        try:
-            if version is not None:
-                return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
-        except TableNotFoundError:
-            latest = self.table(name)
-            if latest is None:
-                return None
-            if version > latest.version():
-                raise StoreError(f"the {name!r} table has versions up to {latest.version()}, not {version}") from None
-            # delta-rs says "not found" for a version whose log is gone: never read it as empty.
-            raise StoreError(
-                f"version {version} of the {name!r} table is no longer readable: its Delta log entries were "
-                f"cleaned up (log retention: {log_retention_of(latest)}; the table is at version {latest.version()}). "
-                "Model versions older than the last compaction before that point cannot be read or rolled "
-                "back to.") from None
+        if version is not None:
+            return self._table_at(name, version)
         try:
             cached = self._tables.get(name)
             if cached is None:
@@ -185,6 +172,23 @@ class Warehouse:
             return cached
         except TableNotFoundError:
             return None
+
+    def _table_at(self, name: str, version: int) -> DeltaTable | None:
+        """The table as of ``version``; delta-rs says "not found" both for a table never written
+        and for a version whose log is gone, and the latter must never be read as empty."""
+        try:
+            return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            latest = self.table(name)
+            if latest is None:
+                return None
+            if version > latest.version():
+                raise StoreError(f"the {name!r} table has versions up to {latest.version()}, not {version}") from None
+            raise StoreError(
+                f"version {version} of the {name!r} table is no longer readable: its Delta log entries were "
+                f"cleaned up (log retention: {log_retention_of(latest)}; the table is at version {latest.version()}). "
+                "Model versions older than the last compaction before that point cannot be read or rolled "
+                "back to.") from None
 
     def _is_current(self, dt: DeltaTable) -> bool:
         """Whether a local table has no commit after ``dt``'s version: every commit writes its
