@@ -4,7 +4,8 @@ Every engine (numpy, DuckDB SQL, Spark SQL) must give a new id the *same* random
 the generator is integer arithmetic that all three evaluate exactly: a few rounds of
 multiply / square / add modulo the Mersenne prime P = 2^31 - 1. Every intermediate stays
 below 2^62, so BIGINT never overflows in any engine and no bit operation (whose SQL spelling
-differs between dialects) is needed. The SQL twin of this module is `sql/macros/init_vector.sql`.
+differs between dialects) is needed. Spark evaluates the SQL twin written by
+`als_core.engines.sqlgen.init_vector_sql`; the DuckDB engine calls `init_vectors` itself.
 
 The value of component k of the vector of (seed, side, id) is
 ``init_scale * (2 * h(seed, side, id, k) / P - 1)``, uniform in [-init_scale, init_scale).

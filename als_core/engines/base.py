@@ -18,12 +18,18 @@ STEP_FILES: list[tuple[str, str]] = [
     ("step/03_init_unseen_factors", "key_factors"),
     ("step/04_update_global_mean", "global_state"),
     ("step/05_rating_errors", "rating_errors"),
-    ("step/06_rating_gradients", "rating_gradients"),
-    ("step/07_aggregate_gradients", "aggregate_gradients"),
-    ("step/08_apply_gradients", "new_factor_rows"),
+    ("step/06_aggregate_gradients", "aggregate_gradients"),
+    ("step/07_apply_gradients", "new_factor_rows"),
 ]
 
-# Scoring: the current state (step 1 over the stored rows) then predictions.
+# The step's prequential scores: every rating of the batch predicted by the model as it was
+# before the batch, with score_ratings.sql's cold-start rule; computed by rating_errors
+# (NULL predictions before a model's first batch: nothing to score with).
+PREQUENTIAL_RELATION = "rating_errors"
+PREQUENTIAL_COLUMNS = ["rating_seq", "rating", "prediction"]
+
+# Scoring (holdout evaluation, `Engine.score`): the state as of a version (step 1 over the
+# stored rows) then predictions.
 SCORE_FILES: list[tuple[str, str]] = [
     ("step/01_select_batch_factors", "model_state"),
     ("score_ratings", "scores"),

@@ -38,7 +38,8 @@ import sqlglot
 from sqlglot import exp
 
 from als_core.engines import sqlgen
-from als_core.engines.base import SCORE_FILES, STEP_FILES, ModelSpec, StepResult, batch_relation, score_params
+from als_core.engines.base import (PREQUENTIAL_COLUMNS, PREQUENTIAL_RELATION, SCORE_FILES, STEP_FILES, ModelSpec,
+                                   StepResult, batch_relation, score_params)
 from als_core.model import FactorModel
 from als_core.store.schemas import FACTORS, TABLES, check_model_id
 from als_core.store.warehouse import StoreError, check_plain_parquet, retry_commit
@@ -238,25 +239,17 @@ class SparkEngine:
         ratings = batch_relation(batch)
         users, items = ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy()
         session = self._session()
-        batch_frame = session.createDataFrame(ratings)
         rows, checkpoints = self._run(session, {
             "stored_factors": self.stored_factors(session, warehouse, model.model_id, users, items),
-            "batch_ratings": batch_frame,
+            "batch_ratings": session.createDataFrame(ratings),
             "step_params": session.createDataFrame(model.step_params(new_version, batch_seq)),
+            "score_params": session.createDataFrame(score_params(clip)),
         }, STEP_FILES, model.params.rank)
         try:
-            # prequential: the batch scored by the factors as they were before it. The scoring's
-            # first file is the step's first file over the same stored rows: its model_state
-            # is the step's (materialised) batch_factors
-            (state_file, state_name), *score_rest = SCORE_FILES
-            if state_file != STEP_FILES[0][0]:
-                raise RuntimeError("the scoring no longer starts with the step's first file")
-            session.table(STEP_FILES[0][1]).createOrReplaceTempView(state_name)
-            scores, more = self._run(session, {"ratings_to_score": batch_frame,
-                                               "score_params": session.createDataFrame(score_params(clip))},
-                                     score_rest)
-            checkpoints += more
-            prequential = scores.toArrow().sort_by("rating_seq")
+            # prequential: the batch scored by the factors as they were before it
+            # (rating_errors' prediction; read more than once, so it is checkpointed)
+            prequential = (session.table(PREQUENTIAL_RELATION).where("prediction IS NOT NULL")
+                           .select(*PREQUENTIAL_COLUMNS).toArrow().sort_by("rating_seq"))
             # one new row per user and item of the batch, plus the global row
             expected = len(np.unique(users)) + len(np.unique(items)) + 1
             if expected <= self.arrow_max_rows:

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from als_core.model import FactorModel
 from als_core.store.schemas import FACTORS, check_model_id
-from als_core.store.warehouse import StoreError, Warehouse, now_utc, retry_commit
+from als_core.store.warehouse import StoreError, Warehouse, now_utc, retry_commit, writer_properties
 
 
 def latest_rows(rows: pa.Table) -> pa.Table:
@@ -91,7 +91,7 @@ def compact_factors(warehouse: Warehouse, model_id: str, row_group_rows: int = 1
     global row: the version history), sorted by (side, id) so each row group covers a narrow
     id range and readers skip what a batch does not touch. Older rows stay reachable through
     Delta time travel (recorded in ``compactions``) until a vacuum."""
-    from deltalake import CommitProperties, Transaction, WriterProperties, write_deltalake
+    from deltalake import CommitProperties, Transaction, write_deltalake
 
     check_model_id(model_id)
 
@@ -112,7 +112,7 @@ def compact_factors(warehouse: Warehouse, model_id: str, row_group_rows: int = 1
         write_deltalake(warehouse.table_uri("factors"), keep.select(FACTORS.names).cast(FACTORS), mode="overwrite",
                         predicate=f"model_id = '{model_id}'",  # validated id: safe alphabet only
                         partition_by=["model_id"], commit_properties=props, storage_options=warehouse.storage_options,
-                        writer_properties=WriterProperties(max_row_group_size=row_group_rows))
+                        writer_properties=writer_properties("factors", max_row_group_size=row_group_rows))
 
     with nullcontext() if locked else warehouse.lock(f"model-{model_id}"):
         if warehouse.table("factors") is None:

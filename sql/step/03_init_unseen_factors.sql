@@ -1,7 +1,8 @@
 -- init_unseen_factors: unseen keys get bias 0, count 0 and the deterministic vector of
 -- (model seed, side, id) (vec_init: the same integer hash as als_core/init.py), rounded to
 -- FLOAT as the store would keep it, so every engine starts from identical numbers.
-SELECT j.side, j.id,
+-- unseen is kept: the prequential score (rating_errors) applies the cold-start rule to them.
+SELECT j.side, j.id, j.unseen,
        CASE WHEN j.unseen THEN CAST(0 AS BIGINT) ELSE j.n END AS n_before,
        CASE WHEN j.unseen THEN CAST(0.0 AS DOUBLE) ELSE j.bias END AS bias,
        CASE WHEN j.unseen

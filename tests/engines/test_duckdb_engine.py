@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from als_core.engines.base import get_engine
@@ -135,3 +137,30 @@ def test_prequential_scores_use_the_factors_before_the_batch(warehouse, shipped,
     expected = v1.predict(second["user_id"].to_numpy(), second["item_id"].to_numpy(), clip=(0.5, 5.0))
     y = second["rating"].to_numpy()
     assert report.applied[1].prequential_rmse == pytest.approx(np.sqrt(np.mean((y - expected) ** 2)), abs=1e-6)
+
+
+def test_prequential_scores_equal_scoring_the_model_before_the_batch(warehouse, shipped, engine):
+    """The step's prequential predictions (rating_errors) follow score_ratings.sql exactly:
+    known keys, keys tombstoned by a rollback and keys never seen all get the same prediction
+    as scoring the batch with the model before it."""
+    from als_core.pipeline.models import model_specs
+    from als_core.store.versions import rollback
+
+    ingest_batches(warehouse, shipped.slice(0, 3000))
+    create_model(warehouse, "p", DEFAULT_PARAMS)
+    apply_pending(warehouse, engine, evaluate_every=0)
+    rollback(warehouse, "p", 1)  # keys first seen in batches 2 and 3 become tombstones
+    batch = shipped.slice(1000, 2000)
+    new = batch.slice(0, 5).set_column(0, "user_id", pa.array([10**12 + k for k in range(5)], pa.int64()))
+    batch = pa.concat_tables([batch, new.cast(batch.schema)])
+    state = model_state(warehouse, "p")
+    known_users = set(state.filter(pc.equal(state["side"], "user"))["id"].to_pylist())
+    users = batch["user_id"].to_pylist()[:2000]
+    assert any(u in known_users for u in users) and any(u not in known_users for u in users)  # tombstones too
+
+    spec = next(s for s in model_specs(warehouse) if s.model_id == "p")
+    step = engine.step(warehouse, spec, batch, warehouse.current_version("p") + 1, 99, (0.5, 5.0))
+    scored = engine.score(warehouse, "p", batch, None, (0.5, 5.0)).sort_by("rating_seq")
+    got = step.prequential.sort_by("rating_seq")
+    assert got["rating_seq"].to_pylist() == scored["rating_seq"].to_pylist() == list(range(batch.num_rows))
+    assert np.abs(got["prediction"].to_numpy() - scored["prediction"].to_numpy()).max() <= 1e-12

@@ -137,6 +137,19 @@ def test_spark_score_matches_duckdb(parity, spark_engine):
         assert diff <= TOL, f"version {version}"
 
 
+def test_spark_prequential_scores_equal_scoring_the_model_before_the_batch(parity, spark_engine):
+    """rating_errors' prequential predictions follow score_ratings.sql on Spark too (known
+    and never-seen keys); the step is not committed."""
+    warehouses, _, data = parity
+    wh = warehouses["spark"]
+    batch = data.slice(N_PARITY * BATCH, BATCH)
+    spec = ModelSpec("m", DEFAULT_PARAMS)
+    step = spark_engine.step(wh, spec, batch, wh.current_version("m") + 1, 999, DEFAULT_SCALE)
+    scored = spark_engine.score(wh, "m", batch, None, DEFAULT_SCALE)
+    assert step.prequential["rating_seq"].to_pylist() == scored["rating_seq"].to_pylist() == list(range(BATCH))
+    assert np.abs(step.prequential["prediction"].to_numpy() - scored["prediction"].to_numpy()).max() <= 1e-12
+
+
 def test_exactly_once_on_spark(parity, spark_engine):
     warehouses, _, data = parity
     wh = warehouses["spark"]

@@ -1,4 +1,5 @@
-"""sqlgen: the portable vector calls give the numpy reference's numbers in both dialects."""
+"""sqlgen: the portable vector calls give the numpy reference's numbers in both dialects
+(DuckDB's vec_init is the engine's Arrow function around `init_vectors`; Spark's is SQL)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from als_core.engines.duckdb_engine import register_functions
 from als_core.engines.sqlgen import render
 from als_core.init import SIDE_ITEM, SIDE_USER, init_vectors
 
@@ -28,9 +30,22 @@ def expected(seed: int, rank: int, scale: float) -> np.ndarray:
 @pytest.mark.parametrize("seed,rank,scale", [(42, 10, 0.1), (7, 3, 0.5), (2**31 + 9, 1, 1.0)])
 def test_vec_init_in_duckdb_equals_init_vectors_exactly(seed, rank, scale):
     con = duckdb.connect()
+    register_functions(con)
     con.register("keys", keys(seed, rank, scale))
     got = np.array(con.sql(render(INIT_QUERY, "duckdb")).fetchnumpy()["v"].tolist())
     np.testing.assert_array_equal(got, expected(seed, rank, scale))
+
+
+def test_vec_init_in_duckdb_handles_rows_of_different_models_in_one_chunk():
+    table = pa.concat_tables([keys(42, 10, 0.1), keys(7, 3, 0.5)])
+    con = duckdb.connect()
+    register_functions(con)
+    con.register("keys", table)
+    got = con.sql(render("SELECT vec_init(seed, side, id, rank, scale) AS v FROM keys", "duckdb")).fetchnumpy()["v"]
+    want = list(expected(42, 10, 0.1)) + list(expected(7, 3, 0.5))
+    assert len(got) == len(want) == table.num_rows
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)
 
 
 @pytest.mark.spark

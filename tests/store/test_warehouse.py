@@ -118,6 +118,23 @@ def test_compaction_keeps_state_history_and_makes_batch_reads_small(warehouse, s
     assert rows.num_rows == len(np.unique(users))
 
 
+def test_factor_files_are_snappy_without_dictionaries(warehouse, shipped, engine):
+    """Version commits and compactions write factor floats plainly (a dictionary of distinct
+    floats only costs time and space: docs/streaming_benchmark.md)."""
+    streamed(warehouse, shipped, engine, n_batches=2)
+    compact_factors(warehouse, "m")
+    streamed(warehouse, shipped.slice(1000), engine, n_batches=1, model="m2")  # versions of m and m2
+    files = DeltaTable(warehouse.table_uri("factors")).file_uris()
+    assert len(files) == 5  # m: the compacted file and one version; m2: three versions
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        for i in range(meta.num_columns):
+            column = meta.row_group(0).column(i)
+            assert column.compression == "SNAPPY", column.path_in_schema
+            assert "RLE_DICTIONARY" not in column.encodings and "PLAIN_DICTIONARY" not in column.encodings, \
+                column.path_in_schema
+
+
 def test_model_ids_reaching_paths_and_sql_are_validated(warehouse):
     for bad in ["../escape", "a b", "x'; DROP TABLE factors; --", "", "a/b"]:
         with pytest.raises(ValueError, match="invalid model id"):

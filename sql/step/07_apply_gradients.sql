@@ -1,6 +1,7 @@
 -- apply_gradients: the new rows of this factor version: every key of the batch with its new
--- vector (old + summed step, or + averaged step with mean aggregation; stored as FLOAT), bias
--- and count, plus the global row (side 'global', id 0: μ in bias, ratings seen in n).
+-- vector, bias and count, plus the global row (side 'global', id 0: μ in bias, ratings seen in n).
+-- Vector: old + summed step (sum aggregation) or + averaged step (mean), stored as FLOAT:
+--   U + s (γ Σ e P_i - γ λ n_batch U) = (1 - s γ λ n_batch) U + s γ Σ e P_i,   s = 1 or 1 / n_batch.
 -- Bias rules: 'sgd' = γ (Σe - λ_b n_batch b) (divided by n_batch with mean aggregation);
 -- 'running_mean' = Σe / (n_before + n_batch + λ_b), the closed-form damped running mean.
 -- A component outside FLOAT's range becomes NaN (instead of a cast error) so the caller can
@@ -9,15 +10,18 @@ SELECT p.model_id, p.new_version AS version, a.side, a.id,
        f.n_before + a.n_batch AS n,
        f.bias + CASE
            WHEN p.bias_update = 'running_mean' THEN a.err_sum / (f.n_before + a.n_batch + p.lambda_bias)
-           WHEN p.aggregation = 'mean' THEN p.gamma * (a.err_sum - p.lambda_bias * a.n_batch * f.bias) / a.n_batch
-           ELSE p.gamma * (a.err_sum - p.lambda_bias * a.n_batch * f.bias)
+           ELSE a.share * p.gamma * (a.err_sum - p.lambda_bias * a.n_batch * f.bias)
        END AS bias,
        CAST(list_transform(
-           vec_axpby(1.0, f.vector, CASE WHEN p.aggregation = 'mean' THEN 1.0 / a.n_batch ELSE 1.0 END, a.grad_sum),
+           vec_axpby(1.0 - a.share * p.gamma * p.lambda_ * a.n_batch, f.vector, a.share * p.gamma, a.err_vector_sum),
            lambda c: CASE WHEN ABS(c) <= 3.4028234663852886e38 THEN c ELSE CAST('NaN' AS DOUBLE) END
        ) AS FLOAT[]) AS vector,
        p.batch_seq
-FROM aggregate_gradients AS a
+FROM (
+    SELECT g.*, CASE WHEN q.aggregation = 'mean' THEN 1.0 / g.n_batch ELSE 1.0 END AS share
+    FROM aggregate_gradients AS g
+    CROSS JOIN step_params AS q
+) AS a
 JOIN key_factors AS f ON f.side = a.side AND f.id = a.id
 CROSS JOIN step_params AS p
 UNION ALL
