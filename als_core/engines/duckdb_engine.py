@@ -151,34 +151,42 @@ class _CachedFile:
 
     def __init__(self, table: pa.Table):
         table = table.combine_chunks()
-        codes = np.full(table.num_rows, -1, dtype=np.int8)
-        for code, name in enumerate(_SIDES):
-            codes[pc.equal(table["side"], name).to_numpy(zero_copy_only=False)] = code
+        codes = pc.index_in(table["side"], value_set=pa.array(_SIDES)).fill_null(-1).to_numpy().astype(np.int8)
         if (codes < 0).any() or table["id"].null_count or table["version"].null_count:
             raise ValueError("unexpected side, or null id/version")
         ids = table["id"].to_numpy()
-        in_order = np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (ids[1:] >= ids[:-1])))
-        if not in_order:
-            order = np.lexsort((ids, codes))
-            table, codes, ids = table.take(order), codes[order], ids[order]
-        self.codes, self.keys = codes, ids
-        self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
-        self.unique = [bool(np.all(np.diff(ids[lo:hi]) > 0)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
-        self.version = table["version"].to_numpy()
-        self.n, self.n_valid = _values(table["n"], 0)
-        self.bias, self.bias_valid = _values(table["bias"], 0.0)
+        version = table["version"].to_numpy()
+        n, n_valid = _values(table["n"], 0)
+        bias, bias_valid = _values(table["bias"], 0.0)
         vector = table["vector"].chunk(0) if table["vector"].num_chunks else pa.array([], STORED_SCHEMA.field("vector").type)
         valid = vector.is_valid().to_numpy(zero_copy_only=False)
         lengths = pc.list_value_length(vector).to_numpy(zero_copy_only=False)[valid] if len(vector) else np.zeros(0)
-        self.vector_valid, self.vectors, self.vector_list = valid, None, None
         flat = pc.list_flatten(vector)
+        dense = None
         if (len(lengths) == 0 or lengths.min() == lengths.max()) and flat.null_count == 0:
             rank = int(lengths[0]) if len(lengths) else 0
-            dense = np.zeros((len(vector), rank), dtype=np.float32)
-            dense[valid] = flat.to_numpy(zero_copy_only=False).reshape(-1, rank)
-            self.vectors = dense
-        else:  # lengths differ, or null components: kept as they are
-            self.vector_list = vector
+            values = flat.to_numpy(zero_copy_only=False).reshape(len(lengths), rank)
+            if len(lengths) == len(vector):  # no null vectors (the usual case): no copy
+                dense = values
+            else:
+                dense = np.zeros((len(vector), rank), dtype=np.float32)
+                dense[valid] = values
+        # A version file comes in the step's (hash) order: sort the numpy columns, not the table
+        in_order = np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (ids[1:] >= ids[:-1])))
+        if not in_order:
+            order = np.lexsort((ids, codes))
+            codes, ids, version, n, bias, valid = (a[order] for a in (codes, ids, version, n, bias, valid))
+            n_valid, bias_valid = (a[order] if a is not None else None for a in (n_valid, bias_valid))
+            if dense is not None:
+                dense = dense[order]
+            else:
+                vector = vector.take(pa.array(order))
+        self.codes, self.keys, self.version = codes, ids, version
+        self.n, self.n_valid, self.bias, self.bias_valid = n, n_valid, bias, bias_valid
+        self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
+        self.unique = [bool(np.all(np.diff(ids[lo:hi]) > 0)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+        self.vector_valid, self.vectors = valid, dense
+        self.vector_list = vector if dense is None else None  # lengths differ, or null components: kept as they are
         self.nbytes = sum(a.nbytes for a in (self.codes, self.keys, self.bounds, self.version, self.n, self.bias,
                                              self.vector_valid) if a is not None)
         self.nbytes += self.vectors.nbytes if self.vectors is not None else vector.nbytes
@@ -189,6 +197,13 @@ class _CachedFile:
         if lo == hi or len(ids) == 0:
             return np.zeros(0, dtype=np.int64)
         keys = self.keys[lo:hi]
+        first, last = np.searchsorted(ids, (keys[0], keys[-1]))
+        ids = ids[first:last + 1]  # the ids within this file's key range
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if len(keys) <= len(ids):  # a small file (one version's rows): look its keys up among the ids
+            at = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
+            return lo + np.flatnonzero(ids[at] == keys)
         if self.unique[code]:  # one row per key: one binary search
             at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
             return lo + at[keys[at] == ids]

@@ -7,9 +7,7 @@ SELECT r.rating_seq, r.user_id, r.item_id, r.rating,
        r.rating - (g.mu + u.bias + i.bias + vec_dot(u.vector, i.vector)) AS err,
        CASE WHEN g.mu_before IS NOT NULL THEN LEAST(s.clip_high, GREATEST(s.clip_low,
            g.mu_before + CASE WHEN u.unseen THEN 0.0 ELSE u.bias END + CASE WHEN i.unseen THEN 0.0 ELSE i.bias END
-           + CASE WHEN u.unseen OR i.unseen THEN 0.0 ELSE vec_dot(u.vector, i.vector) END)) END AS prediction,
-       u.vector AS user_vector,
-       i.vector AS item_vector
+           + CASE WHEN u.unseen OR i.unseen THEN 0.0 ELSE vec_dot(u.vector, i.vector) END)) END AS prediction
 FROM batch_ratings AS r
 CROSS JOIN global_state AS g
 CROSS JOIN score_params AS s

@@ -1,0 +1,65 @@
+"""The DuckDB engine's cache of decoded factor files finds exactly the stored rows of a batch's keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from als_core.engines.duckdb_engine import STORED_SCHEMA, DuckDBEngine, _CachedFile, _sorted_ids
+from als_core.pipeline.apply import apply_pending
+from als_core.pipeline.ingest import ingest_table
+from als_core.pipeline.models import DEFAULT_PARAMS, create_model
+from als_core.store.versions import compact_factors
+
+SIDES = ("user", "item", "global")
+
+
+def factor_file(sides: list[int], ids: list[int]) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "side": [SIDES[s] for s in sides], "id": pa.array(ids, pa.int64()), "version": pa.array(range(n), pa.int64()),
+        "n": pa.array([1] * n, pa.int64()), "bias": [0.5] * n,
+        "vector": pa.array([[0.25, -0.5]] * n, pa.list_(pa.float32())),
+    }, schema=STORED_SCHEMA)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 60)), max_size=80),
+       wanted=st.lists(st.integers(-5, 70), max_size=120), code=st.integers(0, 1))
+def test_rows_are_every_row_of_the_wanted_ids(rows, wanted, code):
+    """Small and large files, repeated keys (several versions of a key in one file), ids outside
+    the file's range: the positions are exactly the rows of that side whose id is wanted."""
+    entry = _CachedFile(factor_file([s for s, _ in rows], [i for _, i in rows]))
+    ids = _sorted_ids(np.array(wanted, dtype=np.int64))
+    got = np.sort(entry.rows(code, ids))
+    expected = np.flatnonzero((entry.codes == code) & np.isin(entry.keys, ids))
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_cached_reads_equal_the_store_reader(warehouse, shipped):
+    """After versions, a compaction and more versions, the cache returns the same rows for a
+    batch's keys as `Warehouse.factor_rows` (plus the latest global row only)."""
+    engine = DuckDBEngine()
+    for k in range(8):
+        ingest_table(warehouse, shipped.slice(k * 700, 700), source=f"b{k}", holdout=False)
+        if k == 4:
+            create_model(warehouse, "m", DEFAULT_PARAMS)
+            apply_pending(warehouse, engine, evaluate_every=0, compact_every=0)
+            compact_factors(warehouse, "m")
+    apply_pending(warehouse, engine, evaluate_every=0, compact_every=0)
+    batch = shipped.slice(3000, 2000)
+    users, items = batch["user_id"].to_numpy(), batch["item_id"].to_numpy()
+    cached = engine.stored_factor_rows(warehouse, "m", users, items)
+    stored = warehouse.factor_rows("m", users, items)
+    assert engine.cache.misses > 0  # the cache answered
+    key = [("side", "ascending"), ("id", "ascending"), ("version", "ascending")]
+    is_key = lambda t: t.filter(pa.compute.not_equal(t["side"], "global"))  # noqa: E731
+    assert is_key(cached).sort_by(key).equals(is_key(stored).select(cached.column_names).cast(cached.schema).sort_by(key))
+    latest_global = stored.filter(pa.compute.equal(stored["side"], "global")).sort_by([("version", "descending")])
+    assert cached.filter(pa.compute.equal(cached["side"], "global"))["version"].to_pylist() == [
+        latest_global["version"][0].as_py()]
+    engine.close()
