@@ -124,9 +124,10 @@ def vec_init_arrow(seed: pa.Array, side: pa.Array, ids: pa.Array, rank: pa.Array
     np.cumsum(rank, out=offsets[1:])
     flat = np.empty(offsets[-1], dtype=np.float64)
     settings = np.stack([seed, side, rank, scale.view(np.int64)], axis=1)
-    groups, which = np.unique(settings, axis=0, return_inverse=True)
+    groups, which = np.unique(settings, axis=0, return_inverse=True)  # one group per (model, side)
+    which = which.reshape(-1)
     for at, (s, d, r, _) in enumerate(groups):
-        rows = np.flatnonzero(which.reshape(-1) == at)
+        rows = np.flatnonzero(which == at)
         vectors = init.init_vectors(int(s), int(d), ids[rows], int(r), float(scale[rows[0]]))
         flat[_ranges(offsets[rows], offsets[rows + 1])] = vectors.reshape(-1)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
