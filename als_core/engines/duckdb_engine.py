@@ -436,7 +436,8 @@ class DuckDBEngine:
         out = self._run_query(relations, step_and_score_query(model.params.rank))
         is_rows = pc.equal(out[_PART], "rows")
         rows = out.filter(is_rows).select(ROW_COLUMNS)
-        prequential = out.filter(pc.invert(is_rows)).select(PREQUENTIAL_COLUMNS)
+        # in rating order, like Spark's: the RMSE's float sum is then the same in every run
+        prequential = out.filter(pc.invert(is_rows)).select(PREQUENTIAL_COLUMNS).sort_by("rating_seq")
         return StepResult(rows=rows, prequential=prequential)
 
     def score(self, warehouse, model_id: str, ratings: pa.Table, version: int | None,
