@@ -186,3 +186,25 @@ def test_a_step_gives_the_same_bits_in_every_run(warehouse, shipped):
     for rows, prequential in runs[1:]:
         assert rows.equals(runs[0][0])
         assert prequential.equals(runs[0][1])
+
+
+def test_small_batches_without_the_optimizer_give_the_same_step(warehouse, shipped):
+    """Batches up to `SMALL_BATCH_ROWS` run with DuckDB's optimizer off (planning dominates
+    there); the result must not change."""
+    from als_core.engines.duckdb_engine import SMALL_BATCH_ROWS, DuckDBEngine
+    from als_core.pipeline.models import model_specs
+
+    ingest_batches(warehouse, shipped.slice(0, 1000))
+    create_model(warehouse, "o", DEFAULT_PARAMS)
+    apply_pending(warehouse, get_engine("duckdb"), evaluate_every=0)
+    spec = next(s for s in model_specs(warehouse) if s.model_id == "o")
+    batch = shipped.slice(1000, 1000)
+    assert batch.num_rows <= SMALL_BATCH_ROWS
+    steps = []
+    for small_batch_rows in (SMALL_BATCH_ROWS, 0):  # optimizer off, then on
+        engine = DuckDBEngine(small_batch_rows=small_batch_rows)
+        steps.append(engine.step(warehouse, spec, batch, 2, 2, (0.5, 5.0)))
+        engine.close()
+    key = [("side", "ascending"), ("id", "ascending")]
+    assert steps[0].rows.sort_by(key).equals(steps[1].rows.sort_by(key))
+    assert steps[0].prequential.equals(steps[1].prequential)
