@@ -91,6 +91,18 @@ def batch_relation(batch: pa.Table) -> pa.Table:
     })
 
 
+def in_rating_order(scores: pa.Table) -> pa.Table:
+    """Scores in rating_seq order, so the RMSE's float sum is the same in every run. rating_seq
+    numbers the batch from 0 (`batch_relation`), so this is a scatter, not a sort (sort_by
+    took 12 ms for 100,000 scores)."""
+    seq = scores["rating_seq"].to_numpy()
+    if len(seq) == 0:
+        return scores
+    slots = np.full(int(seq.max()) + 1, -1, dtype=np.int64)
+    slots[seq] = np.arange(len(seq))
+    return scores.take(slots[slots >= 0])
+
+
 def score_params(clip: tuple[float, float]) -> pa.Table:
     return pa.table({"clip_low": [float(clip[0])], "clip_high": [float(clip[1])]})
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from als_core import init
 from als_core.engines import sqlgen
 from als_core.engines.base import (PREQUENTIAL_COLUMNS, PREQUENTIAL_RELATION, SCORE_FILES, STEP_FILES, ModelSpec,
-                                   StepResult, batch_relation, score_params)
+                                   StepResult, batch_relation, in_rating_order, score_params)
 from als_core.store.schemas import check_model_id
 from als_core.store.warehouse import is_plain_parquet
 
@@ -66,18 +66,18 @@ def arrow_of(result) -> pa.Table:
     return out.read_all() if hasattr(out, "read_all") else pa.table(out)
 
 
-def _with(ctes: list[tuple[str, str]], final: str, inline: tuple[str, ...] = ()) -> str:
+def _with(ctes: list[tuple[str, str]], final: str) -> str:
     """``WITH ... <final>`` over (name, body) CTEs. A CTE read by two or more later parts is
     MATERIALIZED (computed once; DuckDB 2 may still stream it to its readers); one read once
     is NOT MATERIALIZED, so DuckDB inlines it and streams it into its reader instead of
-    storing it first. ``inline``: CTEs never materialized (aliases of a materialized one)."""
+    storing it first."""
     texts = [re.sub(r"/\*.*?\*/|--[^\n]*", " ", body, flags=re.S) for _, body in ctes] + [final]
     parts = []
     for at, (name, body) in enumerate(ctes):
         quoted = re.escape(f'"{name}"')
         pattern = re.compile(rf"(?<![\w\"']){re.escape(name)}(?![\w\"'])|{quoted}")
         readers = sum(len(pattern.findall(text)) for text in texts[at + 1:])
-        keyword = "MATERIALIZED" if readers > 1 and name not in inline else "NOT MATERIALIZED"
+        keyword = "MATERIALIZED" if readers > 1 else "NOT MATERIALIZED"
         parts.append(f'"{name}" AS {keyword} (\n{body}\n)')
     return "WITH " + ",\n".join(parts) + "\n" + final
 
@@ -116,18 +116,6 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     lo, lengths = lo[keep], lengths[keep]
     starts = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
     return starts + np.arange(lengths.sum())
-
-
-def _in_rating_order(scores: pa.Table) -> pa.Table:
-    """Scores in rating_seq order, like Spark's, so the RMSE's float sum is the same in every
-    run. rating_seq numbers the batch from 0, so this is a scatter, not a sort (sort_by took
-    12 ms for 100,000 scores)."""
-    seq = scores["rating_seq"].to_numpy()
-    if len(seq) == 0:
-        return scores
-    slots = np.full(int(seq.max()) + 1, -1, dtype=np.int64)
-    slots[seq] = np.arange(len(seq))
-    return scores.take(slots[slots >= 0])
 
 
 def vec_init_arrow(seed: pa.Array, side: pa.Array, ids: pa.Array, rank: pa.Array, scale: pa.Array) -> pa.Array:
@@ -461,7 +449,7 @@ class DuckDBEngine:
                               unoptimized=ratings.num_rows <= self.small_batch_rows)
         is_rows = pc.equal(out[_PART], "rows")
         rows = out.filter(is_rows).select(ROW_COLUMNS)
-        prequential = _in_rating_order(out.filter(pc.invert(is_rows)).select(PREQUENTIAL_COLUMNS))
+        prequential = in_rating_order(out.filter(pc.invert(is_rows)).select(PREQUENTIAL_COLUMNS))
         return StepResult(rows=rows, prequential=prequential)
 
     def score(self, warehouse, model_id: str, ratings: pa.Table, version: int | None,

@@ -39,7 +39,7 @@ from sqlglot import exp
 
 from als_core.engines import sqlgen
 from als_core.engines.base import (PREQUENTIAL_COLUMNS, PREQUENTIAL_RELATION, SCORE_FILES, STEP_FILES, ModelSpec,
-                                   StepResult, batch_relation, score_params)
+                                   StepResult, batch_relation, in_rating_order, score_params)
 from als_core.model import FactorModel
 from als_core.store.schemas import FACTORS, TABLES, check_model_id
 from als_core.store.warehouse import StoreError, check_plain_parquet, retry_commit
@@ -248,8 +248,8 @@ class SparkEngine:
         try:
             # prequential: the batch scored by the factors as they were before it
             # (rating_errors' prediction; read more than once, so it is checkpointed)
-            prequential = (session.table(PREQUENTIAL_RELATION).where("prediction IS NOT NULL")
-                           .select(*PREQUENTIAL_COLUMNS).toArrow().sort_by("rating_seq"))
+            prequential = in_rating_order(session.table(PREQUENTIAL_RELATION).where("prediction IS NOT NULL")
+                                          .select(*PREQUENTIAL_COLUMNS).toArrow())
             # one new row per user and item of the batch, plus the global row
             expected = len(np.unique(users)) + len(np.unique(items)) + 1
             if expected <= self.arrow_max_rows:
@@ -272,7 +272,7 @@ class SparkEngine:
             "score_params": session.createDataFrame(score_params(clip)),
         }, SCORE_FILES)
         try:
-            return scores.toArrow().sort_by("rating_seq")
+            return in_rating_order(scores.toArrow())
         finally:
             _release(checkpoints)
 
