@@ -270,7 +270,10 @@ def rollback(model: Annotated[str, typer.Argument()], version: Annotated[int, ty
 @app.command()
 @friendly_errors
 def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None):
-    """Rewrite factors to the latest row per key (keeps reads O(batch)); all models by default."""
+    """Rewrite factors to the latest row per key (keeps reads O(batch)); all models by default.
+    Without --model, also merge the small files of the append-only tables (ratings, ledger,
+    evaluations...), which keeps commits fast as batches accumulate."""
+    from als_core.store.maintenance import compact_store_tables
     from als_core.store.versions import compact_factors
 
     wh = _warehouse(warehouse)
@@ -279,6 +282,10 @@ def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None):
     for m in ids:
         r = compact_factors(wh, m)
         console.print(f"{m}: {r['rows_before']} rows -> {r['rows_after']}")
+    if not model:
+        for r in compact_store_tables(wh, min_files=2):
+            if r["files_merged"]:
+                console.print(f"{r['table']}: {r['files_merged']} small files merged into one")
 
 
 @app.command("log-retention")

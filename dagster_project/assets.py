@@ -19,6 +19,7 @@ from als_core.pipeline.grid_models import (
 )
 from als_core.pipeline.ingest import ingest_file
 from als_core.readers import RatingFileError
+from als_core.store.maintenance import compact_store_tables
 from als_core.store.versions import compact_factors
 from dagster_project.automation import AFTER_UPSTREAM_RUN, GRID_CHANGED, NEW_UPSTREAM_DATA
 from dagster_project.reporting import (
@@ -190,9 +191,11 @@ def rmse_curve(store: StoreResource) -> dg.MaterializeResult:
 
 @dg.asset(deps=[factor_versions], pool=POOL_FACTORS, group_name=GROUP, kinds={"delta"},
           description="Rewrites each changed model's factors to the latest row per key (time travel keeps the "
-                      "history) so a batch's reads stay O(batch). Runs on a schedule.")
+                      "history) so a batch's reads stay O(batch), and merges the small files of the append-only "
+                      "tables (ratings, ledger, evaluations...) so commits stay fast. Runs on a schedule.")
 def factor_compaction(store: StoreResource) -> dg.MaterializeResult:
     warehouse = store.warehouse()
+    merged = {r["table"]: r["files_merged"] for r in compact_store_tables(warehouse, min_files=2)}
     done = {}
     for c in warehouse.read("compactions").to_pylist():
         done[c["model_id"]] = max(done.get(c["model_id"], 0), c["compacted_version"] or 0)
@@ -202,6 +205,7 @@ def factor_compaction(store: StoreResource) -> dg.MaterializeResult:
             records.append(compact_factors(warehouse, model_id))
     return dg.MaterializeResult(metadata={
         "models_compacted": len(records), "factors_rows": table_rows(warehouse, "factors"),
+        "small_files_merged": md_table(["table", "files merged"], sorted(merged.items())),
         "compactions": md_table(["model", "version", "rows before", "rows after"],
                                 [(r["model_id"], r.get("compacted_version"), r["rows_before"], r["rows_after"])
                                  for r in records]),

@@ -19,9 +19,13 @@ import pyarrow as pa
 from als_core.readers import ReadResult, read_ratings
 from als_core.schema import DEFAULT_SCALE, REJECT_SCHEMA
 from als_core.splits import holdout_mask
+from als_core.store.maintenance import compact_store_tables
 from als_core.store.warehouse import Warehouse, now_utc
 
 DEFAULT_HOLDOUT_FRACTION = float(os.environ.get("STREAMING_ALS_HOLDOUT", "0.1"))
+# Every this many ingested batches, the append-only tables' small files are merged: a Delta
+# commit's cost grows with the table's live files (see als_core.store.maintenance).
+COMPACT_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,10 @@ def ingest_file(warehouse: Warehouse, path: str | os.PathLike, *, holdout_fracti
 
 def ingest_table(warehouse: Warehouse, ratings: pa.Table, *, source: str, batch_id: str | None = None,
                  rejected: pa.Table | None = None, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
-                 holdout: bool | None = None) -> IngestOutcome:
+                 holdout: bool | None = None, compact_every: int = COMPACT_EVERY) -> IngestOutcome:
     """Store validated ratings as one batch. ``holdout=True/False`` forces the flag for every
-    row (the demo's explicit split); otherwise the hash of (user, item) decides."""
+    row (the demo's explicit split); otherwise the hash of (user, item) decides. Every
+    ``compact_every`` batches (0: never) the append-only tables' small files are merged."""
     warehouse.ensure_tables()
     batch_id = batch_id or table_batch_id(ratings, salt=f"holdout={holdout}")
     rejected = rejected if rejected is not None else REJECT_SCHEMA.empty_table()
@@ -108,6 +113,8 @@ def ingest_table(warehouse: Warehouse, ratings: pa.Table, *, source: str, batch_
             "batch_id": batch_id, "seq": seq, "source": source, "n_rows": rows.num_rows,
             "n_rejected": rejected.num_rows, "ingested_at": now_utc(),
         }]))
+    if compact_every and seq % compact_every == 0:
+        compact_store_tables(warehouse, min_files=2)
     return IngestOutcome(batch_id, seq, source, rows.num_rows, rejected.num_rows, int(flags.sum()))
 
 
