@@ -272,8 +272,14 @@ def main(argv=None) -> int:
         child(json.loads(args.child))
         return 0
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for part in ("als", "step"):  # a part not re-run keeps its own start time
+        if part in result and f"{part}_started" not in result:
+            result[f"{part}_started"] = result.get("started")
+        if part in args.parts:
+            result[f"{part}_started"] = started
     result.update({"protocol": __doc__, "shared_machine": True, "cpus": os.cpu_count(),
-                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg_start": loadavg()})
+                   "started": started, "loadavg_start": loadavg()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():

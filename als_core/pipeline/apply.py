@@ -20,6 +20,7 @@ from als_core.engines.base import Engine, ModelSpec
 from als_core.metrics import mae, rmse
 from als_core.pipeline.models import model_specs
 from als_core.schema import DEFAULT_SCALE
+from als_core.store.maintenance import compact_small_files
 from als_core.store.versions import compact_factors
 from als_core.store.warehouse import StoreError, Warehouse, now_utc
 
@@ -170,7 +171,8 @@ def apply_pending(warehouse: Warehouse, engine: Engine, *, model_ids: list[str] 
                   max_batches: int | None = None, compact_every: int = 50, on_version=None) -> ApplyReport:
     """Apply every pending batch to every active model (or the given ones), in seq order.
     Holdout evaluation runs every ``evaluate_every`` versions (0: never); the model's factors
-    are compacted every ``compact_every`` versions (0: never) so reads stay O(batch)."""
+    are compacted every ``compact_every`` versions (0: never) so reads stay O(batch), and the
+    ``evaluations`` table's small files (one per version) are merged once there are that many."""
     warehouse.ensure_tables()
     report = ApplyReport()
     specs = model_specs(warehouse)
@@ -205,4 +207,6 @@ def apply_pending(warehouse: Warehouse, engine: Engine, *, model_ids: list[str] 
                 report.applied.append(done)
                 if on_version is not None:
                     on_version(done)
+    if compact_every and report.applied:
+        compact_small_files(warehouse, "evaluations", min_files=compact_every)
     return report

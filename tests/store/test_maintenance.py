@@ -17,7 +17,7 @@ from als_core.pipeline.ingest import ingest_table
 from als_core.pipeline.models import DEFAULT_PARAMS, create_model
 from als_core.store.maintenance import APPEND_TABLES, compact_small_files, compact_store_tables, small_files
 from als_core.store.schemas import TABLES
-from als_core.store.versions import model_state
+from als_core.store.versions import compact_factors, model_state
 from als_core.store.warehouse import Warehouse
 
 
@@ -61,7 +61,9 @@ def test_filters_on_every_column_find_the_same_rows_after_merging(warehouse, shi
     create_model(warehouse, "m", DEFAULT_PARAMS)
     engine = get_engine("duckdb")
     try:
-        apply_pending(warehouse, engine, evaluate_every=1, compact_every=2)  # evaluations and compactions rows
+        apply_pending(warehouse, engine, evaluate_every=1, compact_every=2, max_batches=2)  # a compactions row
+        apply_pending(warehouse, engine, evaluate_every=1, compact_every=0)  # evaluations files, not merged
+        compact_factors(warehouse, "m")  # a second compactions file
     finally:
         engine.close()
     names = ["ratings", "batches", "evaluations", "compactions"]
@@ -148,6 +150,18 @@ def test_ingestion_merges_small_files_every_n_batches(warehouse, shipped):
     assert len(small_files(warehouse, "ratings")) == 2
     assert warehouse.read("ratings").num_rows == 3500
     assert warehouse.ledger()["seq"].to_pylist() == list(range(1, 8))
+
+
+def test_applying_merges_the_evaluations_files(warehouse, shipped):
+    ingest_batches(warehouse, shipped, 7, compact_every=0)
+    create_model(warehouse, "m", DEFAULT_PARAMS)
+    engine = get_engine("duckdb")
+    try:
+        apply_pending(warehouse, engine, evaluate_every=1, compact_every=3)
+    finally:
+        engine.close()
+    assert live_files(warehouse, "evaluations") == 1  # 7 versions, one file each: merged at the end
+    assert sorted(set(warehouse.read("evaluations")["version"].to_pylist())) == list(range(1, 8))
 
 
 def test_merging_while_another_writer_ingests_loses_and_duplicates_nothing(tmp_path, shipped):
