@@ -236,8 +236,12 @@ def test_batch_baseline_bootstrap_and_compaction(pipeline):
     assert 0.5 < meta["rmse_curve"]["batch_als_rmse"].value < 1.5
     assert (pipeline.root / "warehouse" / "_artifacts" / "rmse_curve.png").stat().st_size > 10_000
     # Compaction (the schedule's job) rewrites changed models only; versions stay readable.
+    ratings_files = len(wh.table("ratings").file_uris())
     out = pipeline.materialize("factor_compaction")
     assert out.get_asset_materialization_events()[0].materialization.metadata["models_compacted"].value == 2
+    # ... and merges the append-only tables' small files (one file per ingested batch before).
+    assert ratings_files >= 2 and len(wh.table("ratings").file_uris()) == 1
+    assert "| ratings |" in out.get_asset_materialization_events()[0].materialization.metadata["small_files_merged"].value
     out = pipeline.materialize("factor_compaction")
     assert out.get_asset_materialization_events()[0].materialization.metadata["models_compacted"].value == 0
     assert pipeline.versions_per_model() == {"als_warm": 2, "r4_l0.05_g0.05": 4}
