@@ -36,7 +36,7 @@ from als_core.store.schemas import TABLES
 from als_core.store.warehouse import Warehouse, _local_path, is_plain_parquet, retry_commit
 
 APPEND_TABLES = ("ratings", "batches", "rejected_ratings", "evaluations", "compactions")
-SMALL_FILE_BYTES = 4 << 20  # files below this are merged (a 1,000-rating batch file is ~25 KB)
+SMALL_FILE_BYTES = 4 << 20  # files below this are merged (a 1,000-rating batch file is ~16 KB)
 DEFAULT_MIN_FILES = 100  # merge once a table has this many small files
 RATINGS_ROW_GROUP = 4_096  # rows per row group of a merged ratings file (what one batch read decodes)
 
