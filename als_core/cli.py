@@ -283,7 +283,7 @@ def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None):
         r = compact_factors(wh, m)
         console.print(f"{m}: {r['rows_before']} rows -> {r['rows_after']}")
     if not model:
-        for r in compact_store_tables(wh, min_files=2):
+        for r in compact_store_tables(wh):
             if r["files_merged"]:
                 console.print(f"{r['table']}: {r['files_merged']} small files merged into one")
 

@@ -195,7 +195,7 @@ def rmse_curve(store: StoreResource) -> dg.MaterializeResult:
                       "tables (ratings, ledger, evaluations...) so commits stay fast. Runs on a schedule.")
 def factor_compaction(store: StoreResource) -> dg.MaterializeResult:
     warehouse = store.warehouse()
-    merged = {r["table"]: r["files_merged"] for r in compact_store_tables(warehouse, min_files=2)}
+    merged = {r["table"]: r["files_merged"] for r in compact_store_tables(warehouse)}
     done = {}
     for c in warehouse.read("compactions").to_pylist():
         done[c["model_id"]] = max(done.get(c["model_id"], 0), c["compacted_version"] or 0)

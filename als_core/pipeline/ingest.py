@@ -114,7 +114,7 @@ def ingest_table(warehouse: Warehouse, ratings: pa.Table, *, source: str, batch_
             "n_rejected": rejected.num_rows, "ingested_at": now_utc(),
         }]))
     if compact_every and seq % compact_every == 0:
-        compact_store_tables(warehouse, min_files=2)
+        compact_store_tables(warehouse)
     return IngestOutcome(batch_id, seq, source, rows.num_rows, rejected.num_rows, int(flags.sum()))
 
 

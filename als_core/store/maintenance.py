@@ -37,7 +37,6 @@ from als_core.store.warehouse import Warehouse, _local_path, is_plain_parquet, r
 
 APPEND_TABLES = ("ratings", "batches", "rejected_ratings", "evaluations", "compactions")
 SMALL_FILE_BYTES = 4 << 20  # files below this are merged (a 1,000-rating batch file is ~16 KB)
-DEFAULT_MIN_FILES = 100  # merge once a table has this many small files
 RATINGS_ROW_GROUP = 4_096  # rows per row group of a merged ratings file (what one batch read decodes)
 
 
@@ -70,7 +69,7 @@ def compact_small_files(warehouse: Warehouse, name: str, min_files: int = 2) -> 
     return {**outcome, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def compact_store_tables(warehouse: Warehouse, min_files: int = DEFAULT_MIN_FILES) -> list[dict]:
+def compact_store_tables(warehouse: Warehouse, min_files: int = 2) -> list[dict]:
     """`compact_small_files` on every append-only table that has ``min_files`` small files."""
     return [compact_small_files(warehouse, name, min_files) for name in APPEND_TABLES]
 
