@@ -1,30 +1,33 @@
-"""Batch ALS for explicit feedback, with biases, in numpy.
+"""Batch ALS for explicit feedback, with biases, in numpy (and one compiled loop).
 
 Minimises ``Σ (r - μ - b_u - b_i - U_u·P_i)² + λ Σ w_u |U_u|² + λ Σ w_i |P_i|² + λ_b Σ b²``
 (w = 1, or the rating count with ``weighted_lambda`` as in Spark's ALS-WR) by alternating
 closed-form solves: with the items fixed, each user's ``[U_u, b_u]`` is one ridge regression
 on the features ``[P_i, 1]`` of the items it rated, and vice versa. μ is the training mean.
 
-Vectorised: ratings are grouped per key (CSR order) and keys with similar counts are padded
-into one block (widths in quarter-octave steps, a width class with few keys merged into the
-next one; ~10 % padding on MovieLens). Each block is
-solved by a few batched BLAS / LAPACK calls; no Python loop runs per user or item. Per block,
-with ``X`` the (padded) features ``[P_i, 1]`` of the key's n ratings, ``y`` their targets and
-``D`` the diagonal penalty:
+Ratings are grouped per key (CSR order) and keys with similar counts are gathered into one
+block (widths in quarter-octave steps, a width class with few keys merged into the next one),
+the unit of work of a small thread pool. With ``X`` the features ``[P_i, 1]`` of a key's n
+ratings, ``y`` their targets and ``D`` the diagonal penalty, each key solves
 
 * n ≥ rank + 1 (primal form): ``(XᵀX + D) x = Xᵀy``, a (rank+1)² system; ``XᵀX`` comes
   from BLAS ``syrk`` over chunks of the ratings axis small enough that OpenBLAS stays
   single-threaded.
 * n < rank + 1 (dual form, when every penalty is > 0): by the push-through identity
   ``(XᵀX + D)⁻¹Xᵀ = D⁻¹Xᵀ(XD⁻¹Xᵀ + I)⁻¹``, so ``x = D⁻¹Xᵀα`` with ``(XD⁻¹Xᵀ + I)α = y``,
-  an n² system. Padding rows are zero, so they get α = 0 and change nothing. Most keys of
-  a sparse data set are light, and a 4x4 solve costs a fraction of a 51x51 one.
+  an n² system. Most keys of a sparse data set are light, and a 4x4 solve costs a fraction
+  of a 51x51 one.
 
-Both forms give the same solution up to solver round-off (~1e-12 relative). Blocks run on a
-small thread pool (numpy and LAPACK release the GIL). Each block writes its own keys only and
-its arithmetic does not depend on the thread that runs it, so results are bit-identical for
-any thread count. (Up to rank ~60 no BLAS/LAPACK call is big enough for OpenBLAS to start its
-own threads; at larger ranks the 100x100 solves may, which still gives identical results.)
+Both forms give the same solution up to solver round-off (~1e-12 relative). When every
+penalty is positive (the usual case) all systems are positive definite and a block runs
+through `als_core.ridge`: one compiled loop over its keys, each with its own n (no padding)
+and a Cholesky solve. Otherwise (a zero penalty) numpy solves the block: keys padded to the
+block's width (zero rows, which change nothing), batched BLAS products, LU solves, and the
+primal form only. No Python loop runs per user or item on either path. Each block writes its
+own keys only and its arithmetic does not depend on the thread that runs it, so results are
+bit-identical for any thread count. (Up to rank ~60 no BLAS/LAPACK call is big enough for
+OpenBLAS to start its own threads; at larger ranks the 100x100 solves may, which still gives
+identical results.)
 
 >>> from als_core.als import fit_als
 >>> users = np.array([1, 1, 2, 2, 3]); items = np.array([1, 2, 1, 3, 2])
@@ -41,6 +44,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -164,8 +168,15 @@ def _feature_index(grouping: _Grouping, other_idx: np.ndarray) -> list[np.ndarra
     return grouping.feat_idx
 
 
+def _syrk_rows(k1: int) -> int:
+    """Rating rows per syrk call for (k1)-wide features (see _SYRK_LIMIT)."""
+    return max(16, _SYRK_LIMIT // (k1 * k1))
+
+
 def _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, solution) -> None:
-    """Solve the ridge systems of one block of keys and write their rows of ``solution``."""
+    """Solve the ridge systems of one block of keys with numpy and write their rows of
+    ``solution``. Used when some penalty is zero (LU; no Cholesky, no dual form) and for a
+    block the compiled loop could not factor."""
     n_keys, width = pos.shape
     k1 = feats.shape[1]
     rank = k1 - 1
@@ -183,7 +194,7 @@ def _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, sol
     else:
         xt = x.transpose(0, 2, 1)
         # numpy turns xᵀx on one buffer into BLAS syrk; chunks keep OpenBLAS single-threaded.
-        step = max(16, _SYRK_LIMIT // (k1 * k1))
+        step = _syrk_rows(k1)
         gram = np.matmul(xt[:, :, :step], x[:, :step])
         for lo in range(step, width, step):
             gram += np.matmul(xt[:, :, lo : lo + step], x[:, lo : lo + step])
@@ -192,6 +203,17 @@ def _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, sol
         flat[:, -1] += np.take(reg_bias, keys)
         rhs = np.matmul(xt, y[:, :, None])
         solution[keys] = np.linalg.solve(gram, rhs)[:, :, 0]
+
+
+def _solve_block_compiled(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, solution, counts) -> None:
+    """`als_core.ridge.solve_keys` on one block (every penalty > 0); numpy LU if it fails.
+    Imported here, on first use: loading numba and the compiled loop takes ~0.7 s, which
+    commands that never fit a model should not pay."""
+    from als_core.ridge import solve_keys
+
+    if not solve_keys(keys, pos, fidx, counts, feats, target, reg_factor, reg_bias, solution,
+                      syrk_rows=_syrk_rows(feats.shape[1])):
+        _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, solution)
 
 
 def solve_side(
@@ -226,17 +248,19 @@ def solve_side(
     reg_factor = np.asarray(reg_factor, dtype=np.float64)
     reg_bias = np.asarray(reg_bias, dtype=np.float64)
     solution = np.zeros((n_keys, rank + 1))
-    # The dual form needs D⁻¹: only when every penalty of this side is positive.
-    dual_ok = bool(np.all(reg_factor[grouping.keys] > 0) and np.all(reg_bias[grouping.keys] > 0))
+    # Positive penalties make every system positive definite (Cholesky, the compiled loop)
+    # and allow the dual form, which needs D⁻¹.
+    positive = bool(np.all(reg_factor[grouping.keys] > 0) and np.all(reg_bias[grouping.keys] > 0))
     tasks = [
-        (keys, pos, fidx, feats, rating_target, reg_factor, reg_bias, dual_ok and pos.shape[1] < rank + 1, solution)
+        (keys, pos, fidx, feats, rating_target, reg_factor, reg_bias, positive and pos.shape[1] < rank + 1, solution)
         for (keys, pos), fidx in zip(grouping.blocks, _feature_index(grouping, other_idx))
     ]
+    solve = partial(_solve_block_compiled, counts=grouping.counts) if positive else _solve_block
     if executor is None or len(tasks) < 2:
         for task in tasks:
-            _solve_block(*task)
+            solve(*task)
     else:
-        for future in [executor.submit(_solve_block, *task) for task in tasks]:
+        for future in [executor.submit(solve, *task) for task in tasks]:
             future.result()
     return np.ascontiguousarray(solution[:, :rank]), solution[:, rank].copy()
 

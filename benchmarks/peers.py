@@ -76,6 +76,7 @@ SETTINGS: dict[str, dict[str, tuple[dict, str]]] = {
     },
     "ours-stream-spark": {
         "default": ({"batch_size": STREAM_BATCH}, "DEFAULT_PARAMS, 1,000-rating batches, Spark SQL engine (local[*])"),
+        "batch100k": ({"batch_size": 100_000}, "DEFAULT_PARAMS, 100,000-rating batches, Spark SQL engine"),
     },
     "spark-als": {
         "default": ({}, "pyspark.ml ALS defaults: rank 10, maxIter 10, regParam 0.1 (no biases)"),
