@@ -48,9 +48,14 @@ _dsyrk = types.ExternalFunction("als_core_dsyrk", types.void(*[_ptr] * 10))
 _dgemv = types.ExternalFunction("als_core_dgemv", types.void(*[_ptr] * 11))
 
 
-# Plain loops rather than array expressions inside: each of those costs numba compile time
-# (the first fit on a fresh install compiles; later processes load the cache).
-@njit(nogil=True, cache=True)
+# One explicit signature, compiled (or loaded from the on-disk cache) when this module is
+# imported, so the import is the whole one-off cost and the first fit runs at full speed.
+# Plain loops rather than array expressions inside: each of those adds compile time (a fresh
+# install compiles once, ~2-3 s; later processes load the cache).
+_SIGNATURE = "void(i8[:], i8[:, ::1], i8[:, ::1], i8[:], f8[:, ::1], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], u1[:], f8[:], i4[:])"
+
+
+@njit(_SIGNATURE, nogil=True, cache=True)
 def _solve_keys(keys, pos, other_rows, counts, feats, target, reg_factor, reg_bias, syrk_rows, solution, info,
                 chars, doubles, ints):
     k1 = feats.shape[1]
