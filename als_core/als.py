@@ -49,7 +49,8 @@ from threadpoolctl import threadpool_limits
 from als_core.init import SIDE_ITEM, SIDE_USER, init_vectors
 from als_core.model import FactorModel
 
-# Gathered feature doubles per task (16 MB): bounds memory per thread, keeps blocks cache-sized.
+# Keys per task: about this many gathered feature doubles (16 MB). It bounds the memory per
+# thread on the numpy path; on the compiled path it only sets how finely the threads share work.
 _TASK_DOUBLES = 1 << 21
 # Width classes holding fewer keys than this are merged into the next wider class (fewer calls).
 _MIN_CLASS_KEYS = 8
