@@ -14,7 +14,7 @@ block's features gathered in memory, and ``numpy.linalg.solve`` runs LU with piv
 copy; numpy has no batched Cholesky. A Python loop per key would cost more than it saves.
 Here each key costs only its own arithmetic, and reads its ratings sequentially (CSR order).
 Measured against the numpy blocks (docs/BENCHMARKS.md, interleaved runs, 2 threads): rank 50
-on MovieLens 100k 0.29-0.47 s instead of 0.45-0.59 s; rank 10 on 4M synthetic ratings
+on MovieLens 100k 0.29-0.41 s instead of 0.45-0.64 s; rank 10 on 4M synthetic ratings
 3.9-4.0 s instead of 7.4 s.
 
 The BLAS and LAPACK are SciPy's (``scipy.linalg.cython_blas`` / ``cython_lapack`` publish
@@ -54,7 +54,8 @@ _dgemv = types.ExternalFunction("als_core_dgemv", types.void(*[_ptr] * 11))
 # imported, so the import is the whole one-off cost and the first fit runs at full speed.
 # Plain loops rather than array expressions inside: each of those adds compile time (a fresh
 # install compiles once, ~2-3 s; later processes load the cache).
-_SIGNATURE = "void(i8[:], i8[:], i8[:], i8[:], f8[:, ::1], f8[:], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], u1[:], f8[:], i4[:])"
+_SIGNATURE = ("void(i8[:], i8[:], i8[:], i8[:], f8[:, ::1], f8[:], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], "
+              "u1[:], f8[:], i4[:])")
 
 
 @njit(_SIGNATURE, nogil=True, cache=True)
