@@ -209,13 +209,13 @@ def _solve_sorted(grouping: _Grouping, other: np.ndarray, other_bias: np.ndarray
     feats = np.zeros((other.shape[0] + 1, rank + 1))
     feats[:-1, :rank] = other
     feats[:-1, rank] = 1.0
+    other_bias = np.asarray(other_bias, dtype=np.float64)
     reg_factor = np.asarray(reg_factor, dtype=np.float64)
     reg_bias = np.asarray(reg_bias, dtype=np.float64)
     solution = np.zeros((n_keys, rank + 1))
     # Positive penalties make every system positive definite: Cholesky, the compiled loop.
     positive = bool(np.all(reg_factor[grouping.keys] > 0) and np.all(reg_bias[grouping.keys] > 0))
     solve = _solve_block_compiled if positive else _solve_block
-    other_bias = np.asarray(other_bias, dtype=np.float64)
     tasks = [(keys, width, grouping, other_sorted, feats, other_bias, target_sorted, reg_factor, reg_bias, solution)
              for keys, width in grouping.blocks]
     if executor is None or len(tasks) < 2:

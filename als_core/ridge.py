@@ -2,7 +2,8 @@
 
 Each key (a user, or an item) solves ``(XᵀX + D) [x, b] = Xᵀy`` over the features
 ``X = [other_j, 1]`` of its n ratings, D = diag(reg_factor, ..., reg_factor, reg_bias) > 0.
-Per key the loop gathers X into a small scratch buffer (it stays in cache) and then:
+Per key the loop gathers X into one scratch buffer per block (sized for the block's largest
+key; it stays in cache for all but the few keys with tens of thousands of ratings) and then:
 
 * n ≥ rank + 1 (primal): ``XᵀX`` by BLAS ``syrk``, ``Xᵀy`` by ``gemv``, a Cholesky solve
   by LAPACK ``posv``;
