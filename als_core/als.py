@@ -54,6 +54,9 @@ from als_core.model import FactorModel
 _TASK_DOUBLES = 1 << 21
 # Width classes holding fewer keys than this are merged into the next wider class (fewer calls).
 _MIN_CLASS_KEYS = 8
+# Per-rating index arrays (dense key indices, CSR positions) are int32: half the memory and
+# the memory traffic of int64 (a fit is bound by memory, not arithmetic, at rank 10).
+_MAX_RATINGS = np.iinfo(np.int32).max
 # Below this many rating features (ratings x (rank + 1)) a fit runs on the calling thread only.
 _PARALLEL_MIN_DOUBLES = 1 << 16
 
@@ -99,11 +102,12 @@ def _widths(counts: np.ndarray) -> np.ndarray:
 
 def _group(key_idx: np.ndarray, n_keys: int, rank: int = 10) -> _Grouping:
     """Group ratings per key (CSR) and cut the keys into blocks sized for ``rank``."""
-    key_idx = np.asarray(key_idx, dtype=np.int64)
-    # Stable sort; numpy radix-sorts 16-bit keys, ~10x faster than int64 timsort.
-    order = np.argsort(key_idx.astype(np.uint16) if n_keys <= 1 << 16 else key_idx, kind="stable")
+    from als_core.csr import csr_order  # compiled (numba): imported on first use, like als_core.ridge
+
+    key_idx = np.asarray(key_idx, dtype=np.int32)
     counts = np.bincount(key_idx, minlength=n_keys)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    order = csr_order(key_idx, starts)
     keys = np.nonzero(counts)[0]
     width = _widths(counts[keys])
     classes, n_per = np.unique(width, return_counts=True)
@@ -137,16 +141,16 @@ def _dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     non-negative integers (the usual case), which avoids a sort.
 
     >>> _dense_index(np.array([7, 3, 7, 9]))
-    (array([3, 7, 9]), array([1, 0, 1, 2]))
+    (array([3, 7, 9]), array([1, 0, 1, 2], dtype=int32))
     """
     if len(ids) and ids.min() >= 0 and ids.max() < 4 * len(ids) + (1 << 20):
         present = np.zeros(int(ids.max()) + 1, dtype=bool)
         present[ids] = True
         unique = np.flatnonzero(present)
         position = np.cumsum(present) - 1
-        return unique.astype(np.int64), np.take(position, ids)
+        return unique.astype(np.int64), np.take(position.astype(np.int32), ids)
     unique, inverse = np.unique(ids, return_inverse=True)
-    return unique, inverse.reshape(-1)
+    return unique, inverse.reshape(-1).astype(np.int32)
 
 
 def _solve_block(keys, width, grouping, other_sorted, feats, other_bias, target_sorted, reg_factor, reg_bias,
@@ -249,12 +253,20 @@ def solve_side(
     >>> np.round(f[:, 0], 4).tolist(), np.round(b, 4).tolist()   # key 0: [[6, 3], [3, 3]] [x, b] = [5, 3]
     ([0.6667, 1.0], [0.3333, 1.0])
     """
-    other_sorted = np.take(np.asarray(other_idx, dtype=np.int64), grouping.order)
+    other_sorted = np.take(np.asarray(other_idx, dtype=np.int32), grouping.order)
     target_sorted = np.take(np.asarray(target, dtype=np.float64), grouping.order)
     no_bias = np.zeros(len(other))
     with _single_threaded_blas():
         return _solve_sorted(grouping, other, no_bias, other_sorted, target_sorted, n_keys, reg_factor, reg_bias,
                              executor)
+
+
+def load_compiled() -> None:
+    """Import the compiled loops (`als_core.csr`, `als_core.ridge`: numba, ~0.7 s, or their
+    one-off compile on a fresh install) now instead of inside the first fit, for callers that
+    time fits. `fit_als` imports them on first use."""
+    import als_core.csr  # noqa: F401
+    import als_core.ridge  # noqa: F401
 
 
 def _single_threaded_blas():
@@ -302,6 +314,9 @@ def fit_als(users, items, ratings, params: ALSParams | None = None, *, callback=
     ratings = np.asarray(ratings, dtype=np.float64)
     if len(ratings) == 0:
         raise ValueError("batch ALS needs at least one rating")
+    if len(ratings) > _MAX_RATINGS:
+        raise ValueError(f"batch ALS indexes ratings with 32-bit integers: at most {_MAX_RATINGS:,} ratings, "
+                         f"got {len(ratings):,}")
     user_ids, u_idx = _dense_index(users)
     item_ids, i_idx = _dense_index(items)
     n_u, n_i = len(user_ids), len(item_ids)
@@ -357,4 +372,4 @@ def fit_als(users, items, ratings, params: ALSParams | None = None, *, callback=
     return model
 
 
-__all__ = ["ALSParams", "fit_als", "solve_side", "als_loss", "default_threads", "SIDE_USER"]
+__all__ = ["ALSParams", "fit_als", "solve_side", "als_loss", "default_threads", "load_compiled", "SIDE_USER"]

@@ -2,11 +2,13 @@
 
 Each key (a user, or an item) solves ``(XᵀX + D) [x, b] = Xᵀy`` over the features
 ``X = [other_j, 1]`` of its n ratings, D = diag(reg_factor, ..., reg_factor, reg_bias) > 0.
-Per key the loop gathers X into one scratch buffer per block (sized for the block's largest
-key; it stays in cache for all but the few keys with tens of thousands of ratings) and then:
+Per key the loop gathers X into one scratch buffer (at most ``_CHUNK_RATINGS`` rows, so it
+stays in cache) and then:
 
-* n ≥ rank + 1 (primal): ``XᵀX`` by BLAS ``syrk``, ``Xᵀy`` by ``gemv``, a Cholesky solve
-  by LAPACK ``posv``;
+* n ≥ rank + 1 (primal): ``XᵀX`` by BLAS ``syrk`` and ``Xᵀy`` by ``gemv``, accumulated chunk
+  by chunk for keys with more ratings than the buffer holds, then a Cholesky solve by LAPACK
+  ``posv``. (Gathering a key's millions of ratings at once spilled the buffer out of cache:
+  on 20M synthetic ratings those keys cost 103 ns per rating instead of 79 ns chunked.)
 * n < rank + 1 (dual, push-through identity): with ``Z = X D^-½``, solve
   ``(ZZᵀ + I) α = y`` (an n x n system) and return ``D^-½ Zᵀ α``.
 
@@ -51,11 +53,14 @@ _dsyrk = types.ExternalFunction("als_core_dsyrk", types.void(*[_ptr] * 10))
 _dgemv = types.ExternalFunction("als_core_dgemv", types.void(*[_ptr] * 11))
 
 
+_CHUNK_RATINGS = 2048
+
+
 # One explicit signature, compiled (or loaded from the on-disk cache) when this module is
 # imported, so the import is the whole one-off cost and the first fit runs at full speed.
 # Plain loops rather than array expressions inside: each of those adds compile time (a fresh
 # install compiles once, ~2-3 s; later processes load the cache).
-_SIGNATURE = ("void(i8[:], i8[:], i8[:], i8[:], f8[:, ::1], f8[:], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], "
+_SIGNATURE = ("void(i8[:], i8[:], i8[:], i4[:], f8[:, ::1], f8[:], f8[:], f8[:], f8[:], i8, f8[:, ::1], i4[:], "
               "u1[:], f8[:], i4[:])")
 
 
@@ -64,8 +69,9 @@ def _solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg
                 info, chars, doubles, ints):
     k1 = feats.shape[1]
     rank = k1 - 1
-    x = np.empty((width, k1))  # the key's features, row-major (n, k1) = Fortran (k1, n)
-    y = np.empty(width)
+    chunk = max(min(width, max(_CHUNK_RATINGS, k1)), 1)
+    x = np.empty((chunk, k1))  # the key's features, row-major (n, k1) = Fortran (k1, n)
+    y = np.empty(chunk)
     a = np.empty(k1 * k1)  # the system: (k1, k1) primal or (n, n) dual, column-major
     rhs = np.empty(k1)
     # Fortran scalars, passed by pointer: characters, doubles, integers.
@@ -76,12 +82,12 @@ def _solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg
         key = keys[b]
         n = counts[key]
         first = starts[key]
-        for j in range(n):
-            row = other_rows[first + j]
-            for c in range(k1):
-                x[j, c] = feats[row, c]
-            y[j] = target[first + j] - other_bias[row]
         if n < k1:
+            for j in range(n):
+                row = other_rows[first + j]
+                for c in range(k1):
+                    x[j, c] = feats[row, c]
+                y[j] = target[first + j] - other_bias[row]
             scale_f, scale_b = 1.0 / np.sqrt(reg_factor[key]), 1.0 / np.sqrt(reg_bias[key])
             for j in range(n):
                 for c in range(rank):
@@ -102,14 +108,24 @@ def _solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg
             rhs[rank] *= scale_b
         else:
             order[0] = k1
-            rows[0] = n
-            _dsyrk(lower.ctypes, no_trans.ctypes, order.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes,
-                   zero.ctypes, a.ctypes, order.ctypes)  # XᵀX
+            # XᵀX and Xᵀy accumulated over chunks of at most `chunk` ratings, so the gathered
+            # features stay in cache even for keys with millions of ratings.
+            for lo in range(0, n, chunk):
+                m = min(chunk, n - lo)
+                for j in range(m):
+                    row = other_rows[first + lo + j]
+                    for c in range(k1):
+                        x[j, c] = feats[row, c]
+                    y[j] = target[first + lo + j] - other_bias[row]
+                rows[0] = m
+                beta = zero if lo == 0 else one
+                _dsyrk(lower.ctypes, no_trans.ctypes, order.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes,
+                       beta.ctypes, a.ctypes, order.ctypes)  # XᵀX
+                _dgemv(no_trans.ctypes, ld_x.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes, y.ctypes,
+                       inc.ctypes, beta.ctypes, rhs.ctypes, inc.ctypes)  # Xᵀy
             for c in range(rank):
                 a[c * k1 + c] += reg_factor[key]
             a[rank * k1 + rank] += reg_bias[key]
-            _dgemv(no_trans.ctypes, ld_x.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes, y.ctypes,
-                   inc.ctypes, zero.ctypes, rhs.ctypes, inc.ctypes)  # Xᵀy
             _dposv(lower.ctypes, order.ctypes, inc.ctypes, a.ctypes, order.ctypes, rhs.ctypes, order.ctypes,
                    status.ctypes)
         # OpenBLAS's potrf does not flag NaN pivots (LAPACK's does): check the result instead.
@@ -139,7 +155,7 @@ def solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg_
     counts = np.asarray(counts, np.int64)
     info = np.zeros(len(keys), dtype=np.int32)
     if len(keys):
-        _solve_keys(keys, np.asarray(starts, np.int64), counts, np.asarray(other_rows, np.int64),
+        _solve_keys(keys, np.asarray(starts, np.int64), counts, np.asarray(other_rows, np.int32),
                     np.ascontiguousarray(feats, np.float64), np.asarray(other_bias, np.float64),
                     np.asarray(target, np.float64), np.asarray(reg_factor, np.float64),
                     np.asarray(reg_bias, np.float64), int(counts[keys].max()), solution, info,

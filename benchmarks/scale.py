@@ -129,8 +129,8 @@ def step_point(n_users: int, history: int, args) -> dict:
 
 # --------------------------------------------------------------------------- part 2: ALS
 def als_point(n_ratings: int, rank: int, seed: int) -> dict:
-    import als_core.ridge  # noqa: F401  numba and the compiled loop (~0.7 s): a library import, untimed
-    from als_core.als import ALSParams, fit_als
+    from als_core.als import ALSParams, fit_als, load_compiled
+    load_compiled()  # numba and the compiled loops (~0.7 s): a library import, untimed
     from als_core.datasets import synthetic_ratings
 
     table = synthetic_ratings(n_ratings, max(100, n_ratings // 100), max(50, n_ratings // 500), rank=10, seed=seed)

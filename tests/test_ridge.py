@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from als_core.als import _group, _solve_block, _solve_block_compiled
-from als_core.ridge import solve_keys
+from als_core.csr import csr_order
+from als_core.ridge import _CHUNK_RATINGS, solve_keys
 
 
 def closed_form(features, targets, reg_factor, reg_bias):
@@ -49,6 +50,23 @@ def test_every_key_gets_its_normal_equation_solution(seed, rank, counts):
         assert solve_keys(keys, grouping.starts, grouping.counts, other_sorted, feats, other_bias, target_sorted,
                           reg_f, reg_b, solution)
     # Each rating's regression target is its target minus the bias of the row it rated.
+    np.testing.assert_allclose(solution, expected_rows(key_idx, other_idx, other, target - other_bias[other_idx],
+                                                       reg_f, reg_b), rtol=1e-8, atol=1e-10)
+
+
+def test_keys_with_more_ratings_than_a_chunk_accumulate_every_chunk():
+    # A heavy key's Gram matrix is summed over chunks of _CHUNK_RATINGS gathered ratings;
+    # 5,000 ratings span three chunks (the last one partial), beside a dual and a primal key.
+    assert _CHUNK_RATINGS < 5000 < 3 * _CHUNK_RATINGS
+    rank = 6
+    key_idx, other_idx, other, target, feats, grouping, other_sorted, target_sorted = problem(
+        5, rank, [5000, 3, 40, 2 * _CHUNK_RATINGS])
+    reg_f, reg_b = np.array([0.5, 1.0, 2.0, 3.0]), np.array([0.2, 0.4, 0.6, 0.8])
+    other_bias = np.random.default_rng(9).normal(0, 1, len(other))
+    solution = np.zeros((4, rank + 1))
+    for keys, _ in grouping.blocks:
+        assert solve_keys(keys, grouping.starts, grouping.counts, other_sorted, feats, other_bias, target_sorted,
+                          reg_f, reg_b, solution)
     np.testing.assert_allclose(solution, expected_rows(key_idx, other_idx, other, target - other_bias[other_idx],
                                                        reg_f, reg_b), rtol=1e-8, atol=1e-10)
 
@@ -94,3 +112,13 @@ def test_solution_buffer_it_cannot_write_is_refused():
     with pytest.raises(TypeError, match="C-contiguous float64"):
         solve_keys(np.array([0]), grouping.starts, grouping.counts, other_sorted, feats, np.zeros(300), target_sorted,
                    np.ones(1), np.ones(1), np.zeros((1, 4), dtype=np.float32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(st.integers(0, 70_000), max_size=300))
+def test_csr_order_is_the_stable_argsort(keys):
+    # Key indices above 2**16 too: numpy's own stable sort changes algorithm there.
+    key_idx = np.array(keys, dtype=np.int32)
+    counts = np.bincount(key_idx, minlength=1)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    np.testing.assert_array_equal(csr_order(key_idx, starts), np.argsort(key_idx, kind="stable"))
