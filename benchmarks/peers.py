@@ -73,6 +73,10 @@ SETTINGS: dict[str, dict[str, tuple[dict, str]]] = {
         "default": ({"batch_size": STREAM_BATCH}, "DEFAULT_PARAMS, 1,000-rating batches, DuckDB engine, one "
                                                   "Delta commit per batch, compaction every 50 versions"),
         "batch100k": ({"batch_size": 100_000}, "DEFAULT_PARAMS, 100,000-rating batches"),
+        "shortlog": ({"batch_size": STREAM_BATCH, "log_retention": "1 second"},
+                     "as default, with the store's Delta log retention set to 1 second before the stream "
+                     "(`streaming-als log-retention`): the log stays ~100 entries long instead of growing "
+                     "with every version"),
     },
     "ours-stream-spark": {
         "default": ({"batch_size": STREAM_BATCH}, "DEFAULT_PARAMS, 1,000-rating batches, Spark SQL engine (local[*])"),
@@ -316,6 +320,8 @@ def _run_engine(engine_name, task, params, table, scale):
         stream, test = _time_ordered(table), None
     with tempfile.TemporaryDirectory(prefix="peers-wh-") as tmp:
         wh = Warehouse(tmp)
+        if params.get("log_retention"):
+            wh.set_log_retention(params["log_retention"])
         create_model(wh, "m", DEFAULT_PARAMS)
         t0 = time.perf_counter()
         for k, s in enumerate(range(0, stream.num_rows, bs)):
