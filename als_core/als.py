@@ -325,8 +325,10 @@ def fit_als(users, items, ratings, params: ALSParams | None = None, *, callback=
     mu = float(ratings.mean())
     # Each half-step reads the ratings in its side's CSR order: permute once, read sequentially.
     # The other side's bias is subtracted per rating inside the solve (no per-step array).
-    items_by_user, centred_by_user = np.take(i_idx, by_user.order), np.take(ratings, by_user.order) - mu
-    users_by_item, centred_by_item = np.take(u_idx, by_item.order), np.take(ratings, by_item.order) - mu
+    items_by_user, centred_by_user = np.take(i_idx, by_user.order), np.take(ratings, by_user.order)
+    users_by_item, centred_by_item = np.take(u_idx, by_item.order), np.take(ratings, by_item.order)
+    centred_by_user -= mu  # in place: no second per-rating array to allocate
+    centred_by_item -= mu
     model = FactorModel(
         mu=mu,
         user_ids=user_ids,

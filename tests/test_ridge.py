@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from als_core.als import _group, _solve_block, _solve_block_compiled
 from als_core.csr import csr_order
-from als_core.ridge import _CHUNK_RATINGS, solve_keys
+from als_core.ridge import _CHUNK_RATINGS, _DOT_GRAM_MAX_K1, solve_keys
 
 
 def closed_form(features, targets, reg_factor, reg_bias):
@@ -54,11 +54,12 @@ def test_every_key_gets_its_normal_equation_solution(seed, rank, counts):
                                                        reg_f, reg_b), rtol=1e-8, atol=1e-10)
 
 
-def test_keys_with_more_ratings_than_a_chunk_accumulate_every_chunk():
+@pytest.mark.parametrize("rank", [6, 30])  # the Gram by compiled dot products, and by BLAS syrk
+def test_keys_with_more_ratings_than_a_chunk_accumulate_every_chunk(rank):
     # A heavy key's Gram matrix is summed over chunks of _CHUNK_RATINGS gathered ratings;
     # 5,000 ratings span three chunks (the last one partial), beside a dual and a primal key.
     assert _CHUNK_RATINGS < 5000 < 3 * _CHUNK_RATINGS
-    rank = 6
+    assert (rank + 1 <= _DOT_GRAM_MAX_K1) == (rank == 6)
     key_idx, other_idx, other, target, feats, grouping, other_sorted, target_sorted = problem(
         5, rank, [5000, 3, 40, 2 * _CHUNK_RATINGS])
     reg_f, reg_b = np.array([0.5, 1.0, 2.0, 3.0]), np.array([0.2, 0.4, 0.6, 0.8])
@@ -69,6 +70,16 @@ def test_keys_with_more_ratings_than_a_chunk_accumulate_every_chunk():
                           reg_f, reg_b, solution)
     np.testing.assert_allclose(solution, expected_rows(key_idx, other_idx, other, target - other_bias[other_idx],
                                                        reg_f, reg_b), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [4, 30])
+def test_a_non_finite_feature_is_reported(rank):
+    # The dot-product Gram is compiled with reassociation only: a NaN must still come out as one.
+    key_idx, other_idx, other, target, feats, grouping, other_sorted, target_sorted = problem(6, rank, [40])
+    feats[other_sorted[3], 0] = np.nan
+    solution = np.zeros((1, rank + 1))
+    assert not solve_keys(np.array([0]), grouping.starts, grouping.counts, other_sorted, feats, np.zeros(300),
+                          target_sorted, np.ones(1), np.ones(1), solution)
 
 
 def test_a_system_that_is_not_positive_definite_is_reported():
