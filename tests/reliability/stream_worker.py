@@ -6,11 +6,16 @@ and apply each to every active model, printing a progress line before each step.
 It uses the real pipeline (``ingest_file`` then ``apply_pending`` with the DuckDB engine on a
 Delta warehouse). The only addition is observation: ``compact_factors`` as called by
 ``apply_pending`` is wrapped to print ``compact start MODEL`` / ``compact done MODEL`` around
-the real call. With ``--handshake`` the worker waits for a line on stdin after every progress
-line, so a test can arm a kill (inotify watches) before the next step begins.
+the real call, and ``Warehouse.append`` to print ``ratings committed BATCH`` after the real
+commit of a batch's ratings (before ``ingest_table`` writes its ledger row). With
+``--handshake`` the worker waits for a line on stdin after every progress line, so a test can
+arm a kill (inotify watches) before the next step begins, or kill the worker while it waits:
+a kill on ``ratings committed`` lands between the two commits of an ingestion whatever the
+machine's load.
 
-Progress lines: ``start``, ``ingest start I``, ``ingest done I seq S``, ``apply start I``,
-``version MODEL V``, ``compact start MODEL``, ``compact done MODEL``, ``apply done I``, ``finished``.
+Progress lines: ``start``, ``ingest start I``, ``ratings committed BATCH``, ``ingest done I seq S``,
+``apply start I``, ``version MODEL V``, ``compact start MODEL``, ``compact done MODEL``,
+``apply done I``, ``finished``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ def main(argv: list[str]) -> int:
         return record
 
     apply_module.compact_factors = observed_compact
+    real_append = Warehouse.append
+
+    def observed_append(self, name, rows, txn=None):
+        real_append(self, name, rows, txn)
+        if name == "ratings":
+            say(f"ratings committed {txn[0] if txn else '-'}")
+
+    Warehouse.append = observed_append
 
     warehouse = Warehouse(args.warehouse)
     engine = get_engine("duckdb")

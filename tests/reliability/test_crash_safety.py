@@ -65,8 +65,8 @@ def kill_plans(rng: random.Random, reference) -> list[KillPlan]:
         next_start = when[f"ingest start {chosen[k + 1][0]}"] if k + 1 < len(chosen) else when["finished"]
         if mode == "ingest-file":
             plans.append(KillPlan(mode, index, r"ingest start", event=data_file_in("ratings")))
-        elif mode == "ingest-commit":
-            plans.append(KillPlan(mode, index, r"ingest start", event=commit_placed("ratings")))
+        elif mode == "ingest-commit":  # the worker waits after this line: the kill lands before the ledger commit
+            plans.append(KillPlan(mode, index, r"ratings committed"))
         elif mode == "apply-file":
             plans.append(KillPlan(mode, index, r"apply start", event=data_file_in("factors")))
         elif mode == "compact-file":
