@@ -1,17 +1,18 @@
-"""Batch ALS for explicit feedback, with biases, in numpy (and one compiled loop).
+"""Batch ALS for explicit feedback, with biases, in numpy (and two compiled loops).
 
 Minimises ``Σ (r - μ - b_u - b_i - U_u·P_i)² + λ Σ w_u |U_u|² + λ Σ w_i |P_i|² + λ_b Σ b²``
 (w = 1, or the rating count with ``weighted_lambda`` as in Spark's ALS-WR) by alternating
 closed-form solves: with the items fixed, each user's ``[U_u, b_u]`` is one ridge regression
 on the features ``[P_i, 1]`` of the items it rated, and vice versa. μ is the training mean.
 
-Ratings are grouped per key (CSR order) and keys with similar counts are gathered into one
-block (widths in quarter-octave steps, a width class with few keys merged into the next one),
-the unit of work of a small thread pool. With ``X`` the features ``[P_i, 1]`` of a key's n
-ratings, ``y`` their targets and ``D`` the diagonal penalty, each key solves
+Ratings are grouped per key (CSR order, by a compiled counting sort: `als_core.csr`) and
+keys with similar counts are gathered into one block (widths in quarter-octave steps, a width
+class with few keys merged into the next one), the unit of work of a small thread pool. With
+``X`` the features ``[P_i, 1]`` of a key's n ratings, ``y`` their targets and ``D`` the
+diagonal penalty, each key solves
 
 * n ≥ rank + 1 (primal form): ``(XᵀX + D) x = Xᵀy``, a (rank+1)² system; ``XᵀX`` comes
-  from BLAS ``syrk``.
+  from BLAS ``syrk`` (or, up to rank 15, from compiled dot products: `als_core.ridge`).
 * n < rank + 1 (dual form, when every penalty is > 0): by the push-through identity
   ``(XᵀX + D)⁻¹Xᵀ = D⁻¹Xᵀ(XD⁻¹Xᵀ + I)⁻¹``, so ``x = D⁻¹Xᵀα`` with ``(XD⁻¹Xᵀ + I)α = y``,
   an n² system. Most keys of a sparse data set are light, and a 4x4 solve costs a fraction
@@ -55,7 +56,7 @@ _TASK_DOUBLES = 1 << 21
 # Width classes holding fewer keys than this are merged into the next wider class (fewer calls).
 _MIN_CLASS_KEYS = 8
 # Per-rating index arrays (dense key indices, CSR positions) are int32: half the memory and
-# the memory traffic of int64 (a fit is bound by memory, not arithmetic, at rank 10).
+# the memory traffic of int64 (a large fit waits on memory more than on arithmetic).
 _MAX_RATINGS = np.iinfo(np.int32).max
 # Below this many rating features (ratings x (rank + 1)) a fit runs on the calling thread only.
 _PARALLEL_MIN_DOUBLES = 1 << 16
