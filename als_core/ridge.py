@@ -66,6 +66,21 @@ _CHUNK_RATINGS = 2048
 _DOT_GRAM_MAX_K1 = 16
 
 
+@njit(nogil=True, cache=True)
+def _gather(other_rows, feats, other_bias, target, start, m, out, y, feature_major):
+    """Ratings ``start .. start + m`` (CSR order): their features into ``out`` (row-major
+    (m, k1), or feature-major (k1, m) for `_gram_by_dots`) and their targets minus the other
+    side's bias into ``y``."""
+    for j in range(m):
+        row = other_rows[start + j]
+        for c in range(feats.shape[1]):
+            if feature_major:
+                out[c, j] = feats[row, c]
+            else:
+                out[j, c] = feats[row, c]
+        y[j] = target[start + j] - other_bias[row]
+
+
 @njit(fastmath={"reassoc", "contract"}, nogil=True, cache=True)
 def _gram_by_dots(xt, y, m, a, rhs, first_chunk):
     """Lower triangle of ``XᵀX`` into ``a`` (column-major) and ``Xᵀy`` into ``rhs`` over the
@@ -115,11 +130,7 @@ def _solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg
         n = counts[key]
         first = starts[key]
         if n < k1:
-            for j in range(n):
-                row = other_rows[first + j]
-                for c in range(k1):
-                    x[j, c] = feats[row, c]
-                y[j] = target[first + j] - other_bias[row]
+            _gather(other_rows, feats, other_bias, target, first, n, x, y, False)
             scale_f, scale_b = 1.0 / np.sqrt(reg_factor[key]), 1.0 / np.sqrt(reg_bias[key])
             for j in range(n):
                 for c in range(rank):
@@ -145,18 +156,10 @@ def _solve_keys(keys, starts, counts, other_rows, feats, other_bias, target, reg
             for lo in range(0, n, chunk):
                 m = min(chunk, n - lo)
                 if dots:
-                    for j in range(m):
-                        row = other_rows[first + lo + j]
-                        for c in range(k1):
-                            xt[c, j] = feats[row, c]
-                        y[j] = target[first + lo + j] - other_bias[row]
+                    _gather(other_rows, feats, other_bias, target, first + lo, m, xt, y, True)
                     _gram_by_dots(xt, y, m, a, rhs, lo == 0)
                     continue
-                for j in range(m):
-                    row = other_rows[first + lo + j]
-                    for c in range(k1):
-                        x[j, c] = feats[row, c]
-                    y[j] = target[first + lo + j] - other_bias[row]
+                _gather(other_rows, feats, other_bias, target, first + lo, m, x, y, False)
                 rows[0] = m
                 beta = zero if lo == 0 else one
                 _dsyrk(lower.ctypes, no_trans.ctypes, order.ctypes, rows.ctypes, one.ctypes, x.ctypes, ld_x.ctypes,
