@@ -98,15 +98,30 @@ def _local_path(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
 
 
-def _max_version_from_stats(dt: DeltaTable, model_id: str) -> tuple[bool, int | None]:
-    """The largest ``version`` in a model's ``factors`` files per the Delta statistics (no
-    data file is opened): (True, None) when the model has no file; (False, ...) when some of
-    its files have no statistics, so the answer is only a lower bound."""
-    actions = pa.table(dt.get_add_actions(flatten=True))
+def _max_version_from_stats(actions: pa.Table, model_id: str) -> tuple[bool, int | None]:
+    """The largest ``version`` in a model's ``factors`` files per the Delta statistics
+    (``actions``: the table's add actions; no data file is opened): (True, None) when the
+    model has no file; (False, ...) when some of its files have no statistics, so the answer
+    is only a lower bound."""
     if not {"max.version", "partition.model_id"} <= set(actions.column_names):
         return False, None
     mine = actions.filter(pc.equal(actions["partition.model_id"], model_id))["max.version"]
     return mine.null_count == 0, (pc.max(mine).as_py() if len(mine) else None)
+
+
+def _may_hold(actions: pa.Table, column: str, value) -> list[bool] | None:
+    """Which files (rows of ``actions``, a table's add actions) may hold rows with ``column ==
+    value``: by their partition value, or by their min/max statistics (a file without them
+    may). A string statistic cut short by its writer is still safe: a shortened minimum is a
+    prefix of the true one, a shortened maximum is rounded up or is a prefix of the value.
+    None: the actions say nothing about the column."""
+    if f"partition.{column}" in actions.column_names:
+        return [v == value for v in actions[f"partition.{column}"].to_pylist()]
+    if f"min.{column}" not in actions.column_names or f"max.{column}" not in actions.column_names:
+        return None
+    shortened = isinstance(value, str)
+    return [low is None or high is None or (low <= value and (value <= high or (shortened and value.startswith(high))))
+            for low, high in zip(actions[f"min.{column}"].to_pylist(), actions[f"max.{column}"].to_pylist())]
 
 
 def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
@@ -154,6 +169,8 @@ class Warehouse:
         self.storage_options = storage_options
         self._tables: dict[str, DeltaTable] = {}  # latest snapshots, refreshed incrementally
         self._small: dict[str, tuple[int, set[str], pa.Table]] = {}  # SMALL_TABLES: (version, files, rows)
+        self._actions: dict[str, tuple[int, pa.Table]] = {}  # latest add actions: (version, actions)
+        self._transactions: dict[tuple[str, str], tuple[int, int | None]] = {}  # (table, app_id): (version, txn)
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True)
 
@@ -279,13 +296,43 @@ class Warehouse:
         schema, partition_by = TABLES[name]
         if dt is None or not self.is_local or not is_plain_parquet(dt):
             return self.read(name, filter=filter, columns=columns)
-        files = dt.file_uris(file_pruning_predicate=pruning)
+        files = self._pruned_files(name, dt, pruning)
         partitioning = None
         if partition_by:  # partition values live in the folder names (Hive style), not in the files
             partitioning = pds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
         dataset = pds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
                               partition_base_dir=str(_local_path(dt.table_uri)) if partitioning else None)
         return dataset.to_table(filter=filter, columns=columns)
+
+    def add_actions(self, name: str, dt: DeltaTable) -> pa.Table:
+        """The add actions (one row per live file: path, partition values, statistics) of a
+        snapshot, kept for the latest version: a step reads them several times between commits."""
+        cached = self._actions.get(name)
+        if cached is not None and cached[0] == dt.version() and dt is self._tables.get(name):
+            return cached[1]
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        if dt is self._tables.get(name):
+            self._actions[name] = (dt.version(), actions)
+        return actions
+
+    def _pruned_files(self, name: str, dt: DeltaTable, pruning: list[tuple]) -> list[str]:
+        """The local data files that may match ``pruning`` (a conjunction of ``(column, "=",
+        value)``), from the cached add actions: delta-rs' ``file_uris(file_pruning_predicate)``
+        evaluates its predicate over the whole snapshot at every call (~6 ms at 60 files), this
+        is a list scan of the actions kept for the version. Other operators: delta-rs decides."""
+        if any(op != "=" for _, op, _ in pruning):
+            return dt.file_uris(file_pruning_predicate=pruning)
+        actions = self.add_actions(name, dt)
+        keep = [True] * actions.num_rows
+        for column, _, value in pruning:
+            may = _may_hold(actions, column, value)
+            if may is not None:
+                keep = [k and m for k, m in zip(keep, may)]
+        root = _local_path(dt.table_uri)
+        paths = [p for p, k in zip(actions["path"].to_pylist(), keep) if k]
+        if any("://" in p for p in paths):  # files outside the table folder (e.g. a shallow clone)
+            return dt.file_uris(file_pruning_predicate=pruning)
+        return [str(root / unquote(p)) for p in paths]
 
     def append(self, name: str, rows: pa.Table, txn: tuple[str, int] | None = None) -> None:
         """Append rows (cast to the table's schema), optionally with an app transaction."""
@@ -295,6 +342,7 @@ class Warehouse:
         retry_commit(lambda: write_deltalake(self._target(name), rows, mode="append", partition_by=partition_by,
                                              commit_properties=props, storage_options=self.storage_options,
                                              writer_properties=writer_properties(name)))
+        self._committed(name, txn)
 
     def overwrite(self, name: str, rows: pa.Table, predicate: str | None = None) -> None:
         schema, partition_by = TABLES[name]
@@ -323,8 +371,26 @@ class Warehouse:
         return self.log_retention()
 
     def transaction_version(self, name: str, app_id: str) -> int | None:
+        """The version of app transaction ``app_id`` in table ``name`` (None: none yet). Kept
+        per table version: delta-rs replays the log since the last checkpoint for it (2-8 ms),
+        and a step asks before its work and again just before its commit."""
         dt = self.table(name)
-        return None if dt is None else dt.transaction_version(app_id)
+        if dt is None:
+            return None
+        cached = self._transactions.get((name, app_id))
+        if cached is not None and cached[0] == dt.version():
+            return cached[1]
+        value = dt.transaction_version(app_id)
+        self._transactions[(name, app_id)] = (dt.version(), value)
+        return value
+
+    def _committed(self, name: str, txn: tuple[str, int] | None) -> None:
+        """Record our own commit's app transaction for the snapshot it produced (write_deltalake
+        moves the cached table to its commit's version): the next "already applied?" needs no
+        log replay. Sound because each app id is written under one lock (a model's, a batch's)."""
+        dt = self._tables.get(name)
+        if txn is not None and dt is not None:
+            self._transactions[(name, txn[0])] = (dt.version(), txn[1])
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -412,7 +478,7 @@ class Warehouse:
         check_model_id(model_id)
         dt = self.table("factors")
         if dt is not None:
-            known, latest = _max_version_from_stats(dt, model_id)
+            known, latest = _max_version_from_stats(self.add_actions("factors", dt), model_id)
             if known:
                 return latest or 0
         versions = self.model_versions(model_id)["version"]
@@ -473,7 +539,7 @@ class Warehouse:
             common.append(("version", "<=", int(version)))
         # Every version writes a global row, so the latest one (all a step needs) has the
         # largest version <= ``version``: skip the files of older versions for it.
-        latest = _max_version_from_stats(dt, model_id)[1]
+        latest = _max_version_from_stats(self.add_actions("factors", dt), model_id)[1]
         if latest is not None and version is not None:
             latest = min(int(latest), int(version))
         groups = [common + [("side", "=", "global")] + ([("version", ">=", int(latest))] if latest is not None else [])]
@@ -503,6 +569,7 @@ class Warehouse:
             write_deltalake(self._target("factors"), rows, mode="append", partition_by=partition_by,
                             commit_properties=props, storage_options=self.storage_options,
                             writer_properties=writer_properties("factors"))
+            self._committed("factors", (model_id, seq) if seq else None)
             return True
 
         return retry_commit(write)

@@ -14,7 +14,7 @@ from als_core.pipeline.apply import apply_pending
 from als_core.pipeline.ingest import ingest_table
 from als_core.pipeline.models import DEFAULT_PARAMS, create_model, set_status
 from als_core.store.versions import compact_factors, rollback
-from als_core.store.warehouse import Warehouse
+from als_core.store.warehouse import Warehouse, _may_hold
 
 
 def full_read(warehouse: Warehouse, name: str) -> pa.Table:
@@ -78,5 +78,37 @@ def test_pruned_reads_and_the_current_version_match_full_reads(tmp_path, shipped
         assert wh.current_version("m") == 5
         assert wh.model_versions("m")["version"].to_pylist() == [1, 2, 3, 4, 5]
         assert wh.current_version("other") == 4  # the other partition is untouched
+    finally:
+        engine.close()
+
+
+def test_file_pruning_keeps_every_file_that_may_hold_the_value():
+    actions = pa.table({
+        "min.batch_id": ["a", "c", None, "e", "ab"],
+        "max.batch_id": ["b", "d", None, "e", "ab"],  # the last: a maximum cut short to a prefix
+        "partition.model_id": ["m", "m", "x", None, "m"],
+    })
+    assert _may_hold(actions, "batch_id", "c") == [False, True, True, False, False]
+    assert _may_hold(actions, "batch_id", "abc") == [True, False, True, False, True]
+    assert _may_hold(actions, "model_id", "m") == [True, True, False, False, True]
+    assert _may_hold(actions, "rating", 3.0) is None  # no statistics for the column: no opinion
+
+
+def test_applied_seq_follows_commits_by_another_writer(tmp_path, shipped):
+    """The app transaction is kept per table version: a commit by another object (another
+    process) is seen at once, and our own commit is known without a log replay."""
+    mine, other = Warehouse(tmp_path / "wh"), Warehouse(tmp_path / "wh")
+    for k in range(3):
+        ingest_table(mine, shipped.slice(200 * k, 200), source=f"s{k}", holdout=False)
+    create_model(mine, "m", DEFAULT_PARAMS)
+    engine = get_engine("duckdb")
+    try:
+        apply_pending(mine, engine, evaluate_every=0, compact_every=0, max_batches=1)
+        assert mine.applied_seq("m") == other.applied_seq("m") == 1
+        apply_pending(other, engine, evaluate_every=0, compact_every=0, max_batches=1)
+        assert mine.applied_seq("m") == 2  # the other object's commit, not our cached 1
+        apply_pending(mine, engine, evaluate_every=0, compact_every=0)
+        assert mine.applied_seq("m") == 3 == DeltaTable(mine.table_uri("factors")).transaction_version("m")
+        assert other.applied_seq("m") == 3 and mine.current_version("m") == 3
     finally:
         engine.close()
