@@ -110,7 +110,7 @@ def apply_batch(warehouse: Warehouse, engine: Engine, spec: ModelSpec, batch: di
     seq = int(batch["seq"])
     if warehouse.applied_seq(spec.model_id) >= seq:
         return None
-    train = warehouse.batch_ratings(batch["batch_id"], holdout=False)
+    train = warehouse.batch_ratings(batch["batch_id"], holdout=False, columns=["user_id", "item_id", "rating"])
     version = version if version is not None else warehouse.current_version(spec.model_id) + 1
     if train.num_rows:
         check_batch_scale(train, spec, seq, clip)

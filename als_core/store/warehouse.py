@@ -109,19 +109,35 @@ def _max_version_from_stats(actions: pa.Table, model_id: str) -> tuple[bool, int
     return mine.null_count == 0, (pc.max(mine).as_py() if len(mine) else None)
 
 
-def _may_hold(actions: pa.Table, column: str, value) -> list[bool] | None:
-    """Which files (rows of ``actions``, a table's add actions) may hold rows with ``column ==
-    value``: by their partition value, or by their min/max statistics (a file without them
-    may). A string statistic cut short by its writer is still safe: a shortened minimum is a
-    prefix of the true one, a shortened maximum is rounded up or is a prefix of the value.
-    None: the actions say nothing about the column."""
+def _may_hold(actions: pa.Table, column: str, value) -> tuple[list[bool], list[bool]] | None:
+    """Per file (row of ``actions``, a table's add actions): whether it may hold rows with
+    ``column == value``, and whether all its rows surely have it. Decided by the partition
+    value, or by the min/max statistics (a file without them may hold anything). A string
+    statistic cut short by its writer is still safe: a shortened minimum is a prefix of the
+    true one, a shortened maximum is rounded up or is a prefix of the value; and a file is
+    only "sure" when min = max = value exactly and no row is null. None: the actions say
+    nothing about the column."""
     if f"partition.{column}" in actions.column_names:
-        return [v == value for v in actions[f"partition.{column}"].to_pylist()]
+        same = [v == value for v in actions[f"partition.{column}"].to_pylist()]
+        return same, same
     if f"min.{column}" not in actions.column_names or f"max.{column}" not in actions.column_names:
         return None
+    lows, highs = actions[f"min.{column}"].to_pylist(), actions[f"max.{column}"].to_pylist()
+    nulls = actions[f"null_count.{column}"].to_pylist() if f"null_count.{column}" in actions.column_names \
+        else [None] * len(lows)
     shortened = isinstance(value, str)
-    return [low is None or high is None or (low <= value and (value <= high or (shortened and value.startswith(high))))
-            for low, high in zip(actions[f"min.{column}"].to_pylist(), actions[f"max.{column}"].to_pylist())]
+    may = [low is None or high is None or (low <= value and (value <= high or (shortened and value.startswith(high))))
+           for low, high in zip(lows, highs)]
+    sure = [low == value and high == value and nulls_ == 0 for low, high, nulls_ in zip(lows, highs, nulls)]
+    return may, sure
+
+
+def _all_of(conditions: list[pds.Expression]) -> pds.Expression | None:
+    """The conjunction of filter expressions (None: no condition)."""
+    out = None
+    for condition in conditions:
+        out = condition if out is None else out & condition
+    return out
 
 
 def retry_commit(fn, attempts: int = COMMIT_ATTEMPTS, base_delay: float = 0.05):
@@ -285,24 +301,29 @@ class Warehouse:
         self._small[name] = (version, set(files), rows)
         return rows
 
-    def read_pruned(self, name: str, pruning: list[tuple], filter: pds.Expression,
+    def read_pruned(self, name: str, pruning: list[tuple], filter: pds.Expression | None = None,
                     columns: list[str] | None = None) -> pa.Table:
-        """Rows of a table matching ``filter``, reading only the files whose Delta partition
-        values and statistics may match ``pruning`` (delta-rs DNF, e.g.
-        ``[("batch_id", "=", b)]``). A local store reads the listed Parquet files directly:
-        building the full pyarrow dataset costs time in proportion to the table's file count,
-        this costs O(matching files). Elsewhere it is `read` with the filter."""
+        """Rows of a table with ``column == value`` for every ``(column, "=", value)`` of
+        ``pruning`` (and matching ``filter``), reading only the files whose Delta partition values
+        and statistics allow them. A local store reads those Parquet files directly: building
+        the full pyarrow dataset costs time in proportion to the table's file count, this costs
+        O(matching files); and a condition every listed file meets by its statistics (a batch's
+        own file: min = max = its batch id) is not evaluated row by row, nor its column read
+        unless asked for. Elsewhere it is `read` with the conditions as a filter."""
         dt = self.table(name)
         schema, partition_by = TABLES[name]
-        if dt is None or not self.is_local or not is_plain_parquet(dt):
-            return self.read(name, filter=filter, columns=columns)
-        files = self._pruned_files(name, dt, pruning)
+        if dt is None or not self.is_local or not is_plain_parquet(dt) or any(op != "=" for _, op, _ in pruning):
+            conditions = [pc.field(c) == v for c, _, v in pruning] + ([filter] if filter is not None else [])
+            return self.read(name, filter=_all_of(conditions), columns=columns)
+        files, settled = self._pruned_files(name, dt, pruning)
+        conditions = [pc.field(c) == v for c, _, v in pruning if c not in settled]
+        conditions += [filter] if filter is not None else []
         partitioning = None
         if partition_by:  # partition values live in the folder names (Hive style), not in the files
             partitioning = pds.partitioning(pa.schema([schema.field(c) for c in partition_by]), flavor="hive")
         dataset = pds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
                               partition_base_dir=str(_local_path(dt.table_uri)) if partitioning else None)
-        return dataset.to_table(filter=filter, columns=columns)
+        return dataset.to_table(filter=_all_of(conditions), columns=columns)
 
     def add_actions(self, name: str, dt: DeltaTable) -> pa.Table:
         """The add actions (one row per live file: path, partition values, statistics) of a
@@ -315,24 +336,24 @@ class Warehouse:
             self._actions[name] = (dt.version(), actions)
         return actions
 
-    def _pruned_files(self, name: str, dt: DeltaTable, pruning: list[tuple]) -> list[str]:
-        """The local data files that may match ``pruning`` (a conjunction of ``(column, "=",
-        value)``), from the cached add actions: delta-rs' ``file_uris(file_pruning_predicate)``
-        evaluates its predicate over the whole snapshot at every call (~6 ms at 60 files), this
-        is a list scan of the actions kept for the version. Other operators: delta-rs decides."""
-        if any(op != "=" for _, op, _ in pruning):
-            return dt.file_uris(file_pruning_predicate=pruning)
+    def _pruned_files(self, name: str, dt: DeltaTable, pruning: list[tuple]) -> tuple[list[str], set[str]]:
+        """The local data files that may hold rows matching ``pruning`` (``(column, "=",
+        value)`` conditions), from the add actions kept for the version (delta-rs'
+        ``file_uris(file_pruning_predicate)`` evaluates its predicate over the whole snapshot
+        at every call: ~6 ms at 60 files), and the columns whose condition every one of those
+        files meets in every row (partition values; min = max = value without nulls)."""
         actions = self.add_actions(name, dt)
         keep = [True] * actions.num_rows
-        for column, _, value in pruning:
-            may = _may_hold(actions, column, value)
-            if may is not None:
-                keep = [k and m for k, m in zip(keep, may)]
+        verdicts = {column: _may_hold(actions, column, value) for column, _, value in pruning}
+        for may, _ in filter(None, verdicts.values()):
+            keep = [k and m for k, m in zip(keep, may)]
+        settled = {column for column, verdict in verdicts.items()
+                   if verdict is not None and all(sure for sure, k in zip(verdict[1], keep) if k)}
         root = _local_path(dt.table_uri)
         paths = [p for p, k in zip(actions["path"].to_pylist(), keep) if k]
         if any("://" in p for p in paths):  # files outside the table folder (e.g. a shallow clone)
-            return dt.file_uris(file_pruning_predicate=pruning)
-        return [str(root / unquote(p)) for p in paths]
+            return dt.file_uris(file_pruning_predicate=pruning), set()
+        return [str(root / unquote(p)) for p in paths], settled
 
     def append(self, name: str, rows: pa.Table, txn: tuple[str, int] | None = None) -> None:
         """Append rows (cast to the table's schema), optionally with an app transaction."""
@@ -416,12 +437,11 @@ class Warehouse:
         rows = self.read("batches", filter=pc.field("batch_id") == batch_id).to_pylist()
         return rows[0] if rows else None
 
-    def batch_ratings(self, batch_id: str, holdout: bool | None = None) -> pa.Table:
-        """One batch's ratings (file statistics let the reader skip every other batch)."""
-        f = pc.field("batch_id") == batch_id
-        if holdout is not None:
-            f = f & (pc.field("holdout") == holdout)
-        return self.read_pruned("ratings", [("batch_id", "=", batch_id)], f)
+    def batch_ratings(self, batch_id: str, holdout: bool | None = None, columns: list[str] | None = None) -> pa.Table:
+        """One batch's ratings (file statistics let the reader skip every other batch; a file
+        holding only this batch is read without its ``batch_id`` column unless asked for)."""
+        f = pc.field("holdout") == holdout if holdout is not None else None
+        return self.read_pruned("ratings", [("batch_id", "=", batch_id)], f, columns=columns)
 
     def holdout_ratings(self) -> pa.Table:
         return self.read("ratings", filter=pc.field("holdout") == True)  # noqa: E712
@@ -466,7 +486,6 @@ class Warehouse:
         written by every version and kept by compaction, so this is the version history."""
         rows = self.read_pruned(
             "factors", [("model_id", "=", check_model_id(model_id)), ("side", "=", "global")],
-            filter=(pc.field("model_id") == model_id) & (pc.field("side") == "global"),
             columns=["version", "batch_seq", "n", "bias"],
         )
         return rows.rename_columns(["version", "batch_seq", "n", "mu"]).sort_by("version")

@@ -84,13 +84,18 @@ def test_pruned_reads_and_the_current_version_match_full_reads(tmp_path, shipped
 
 def test_file_pruning_keeps_every_file_that_may_hold_the_value():
     actions = pa.table({
-        "min.batch_id": ["a", "c", None, "e", "ab"],
-        "max.batch_id": ["b", "d", None, "e", "ab"],  # the last: a maximum cut short to a prefix
-        "partition.model_id": ["m", "m", "x", None, "m"],
+        "min.batch_id": ["a", "c", None, "e", "ab", "c"],
+        "max.batch_id": ["b", "d", None, "e", "ab", "c"],  # "ab": a maximum cut short to a prefix
+        "null_count.batch_id": [0, 0, None, 0, 0, 1],
+        "partition.model_id": ["m", "m", "x", None, "m", "m"],
     })
-    assert _may_hold(actions, "batch_id", "c") == [False, True, True, False, False]
-    assert _may_hold(actions, "batch_id", "abc") == [True, False, True, False, True]
-    assert _may_hold(actions, "model_id", "m") == [True, True, False, False, True]
+    may, sure = _may_hold(actions, "batch_id", "c")
+    assert may == [False, True, True, False, False, True]
+    assert sure == [False, False, False, False, False, False]  # the last holds nulls too
+    assert _may_hold(actions, "batch_id", "abc")[0] == [True, False, True, False, True, False]
+    assert _may_hold(actions, "batch_id", "e") == ([False, False, True, True, False, False],
+                                                   [False, False, False, True, False, False])
+    assert _may_hold(actions, "model_id", "m")[1] == [True, True, False, False, True, True]
     assert _may_hold(actions, "rating", 3.0) is None  # no statistics for the column: no opinion
 
 
