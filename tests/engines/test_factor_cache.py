@@ -63,3 +63,27 @@ def test_cached_reads_equal_the_store_reader(warehouse, shipped):
     assert cached.filter(pa.compute.equal(cached["side"], "global"))["version"].to_pylist() == [
         latest_global["version"][0].as_py()]
     engine.close()
+
+
+def test_a_steps_own_file_is_taken_from_its_rows_not_read_back(warehouse, shipped):
+    """The file a step's commit writes is decoded from the step's rows (its Delta statistics
+    identify it); a file written by someone else is read."""
+    engine, other = DuckDBEngine(), DuckDBEngine()
+    for k in range(5):
+        ingest_table(warehouse, shipped.slice(k * 300, 300), source=f"b{k}", holdout=False)
+    create_model(warehouse, "m", DEFAULT_PARAMS)
+    apply_pending(warehouse, engine, evaluate_every=0, compact_every=0, max_batches=1)
+    read_before = engine.cache.misses
+    apply_pending(warehouse, engine, evaluate_every=0, compact_every=0, max_batches=3)
+    assert engine.cache.misses == read_before and engine.cache.adopted == 3  # three versions, none read back
+    apply_pending(warehouse, other, evaluate_every=0, compact_every=0)  # another writer's version 5
+    batch = shipped.slice(0, 1500)
+    users, items = batch["user_id"].to_numpy(), batch["item_id"].to_numpy()
+    cached = engine.stored_factor_rows(warehouse, "m", users, items)
+    assert engine.cache.misses == read_before + 1  # the other engine's file: read
+    stored = warehouse.factor_rows("m", users, items)
+    key = [("side", "ascending"), ("id", "ascending"), ("version", "ascending")]
+    is_key = lambda t: t.filter(pa.compute.not_equal(t["side"], "global"))  # noqa: E731
+    assert is_key(cached).sort_by(key).equals(is_key(stored).select(cached.column_names).cast(cached.schema).sort_by(key))
+    engine.close()
+    other.close()
