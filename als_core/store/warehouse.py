@@ -3,10 +3,11 @@
 delta-rs (``deltalake``) is the only writer. Reads go through ``to_pyarrow_dataset()``, whose
 fragments carry each file's min/max statistics, so a filter on ``id`` skips files that cannot
 match. On a local store the per-batch reads avoid anything that grows with the table's file
-count: one batch's ratings come from the files delta-rs' statistics allow (`read_pruned`),
-the small tables (ledger, models, ...) from an in-memory copy extended file by file, a
-model's current version from the statistics, and a cached snapshot is refreshed only when a
-newer log entry exists.
+count: one batch's ratings come from the files the Delta statistics allow (`read_pruned`,
+over the add actions kept per snapshot), the small tables (ledger, models, ...) from an
+in-memory copy extended file by file, a model's current version from the statistics, app
+transaction versions from a copy kept per table version, and a cached snapshot is refreshed
+only when a newer log entry exists.
 
 Exactly-once:
 * a factor version is one Delta commit holding the changed rows plus the app transaction

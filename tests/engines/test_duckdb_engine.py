@@ -208,3 +208,22 @@ def test_small_batches_without_the_optimizer_give_the_same_step(warehouse, shipp
     key = [("side", "ascending"), ("id", "ascending")]
     assert steps[0].rows.sort_by(key).equals(steps[1].rows.sort_by(key))
     assert steps[0].prequential.equals(steps[1].prequential)
+
+
+def test_the_engine_passes_only_the_relations_the_sql_files_read():
+    """Relations reach DuckDB as Python variables of `_execute`: an unknown name is refused
+    before the query runs, and a missing one makes DuckDB refuse the query."""
+    import duckdb
+
+    from als_core.engines.duckdb_engine import DuckDBEngine
+
+    engine = DuckDBEngine()
+    try:
+        one = pa.table({"x": [1, 2, 3]})
+        assert engine._run_query({"batch_ratings": one}, "SELECT SUM(x) AS s FROM batch_ratings")["s"].to_pylist() == [6]
+        with pytest.raises(ValueError, match="no relation named"):
+            engine._run_query({"ratings": one}, "SELECT * FROM ratings")
+        with pytest.raises(duckdb.Error, match="score_params"):
+            engine._run_query({"batch_ratings": one}, "SELECT * FROM batch_ratings, score_params")
+    finally:
+        engine.close()
