@@ -18,8 +18,9 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   by anyone is seen at once; only files never seen before are read (the last commit's small
   file; the whole store once per process and after each compaction). Finding a batch's
   rows is one binary search per live file: O(batch x log n), whatever the store's size.
-  The step receives every stored row of the batch's keys and the model's latest global row
-  (older global rows cannot change its result: it keeps the latest row per key). Object
+  The step receives the stored rows of the batch's keys from the newest files holding them
+  (`_newest_rows`) and the model's latest global row (older rows cannot change its result:
+  it keeps the latest row per key). Object
   stores, time travel and files the cache cannot hold use `Warehouse.factor_rows`.
 """
 
@@ -173,7 +174,7 @@ class _CachedFile:
     vectors have different lengths (a wrong-rank write the step must see, and refuse, as it
     is) or null components keeps its Arrow list column instead."""
 
-    __slots__ = ("codes", "keys", "bounds", "unique", "version", "n", "n_valid", "bias", "bias_valid",
+    __slots__ = ("codes", "keys", "bounds", "unique", "version", "versions", "n", "n_valid", "bias", "bias_valid",
                  "vectors", "vector_valid", "vector_list", "nbytes")
 
     def __init__(self, table: pa.Table):
@@ -211,6 +212,7 @@ class _CachedFile:
         self.codes, self.keys, self.version = codes, ids, version
         self.n, self.n_valid, self.bias, self.bias_valid = n, n_valid, bias, bias_valid
         self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
+        self.versions = (int(version.min()), int(version.max())) if len(version) else None  # (min, max)
         self.unique = [bool(np.all(np.diff(ids[lo:hi]) > 0)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
         self.vector_valid, self.vectors = valid, dense
         self.vector_list = vector if dense is None else None  # lengths differ, or null components: kept as they are
@@ -243,6 +245,47 @@ class _CachedFile:
             return None
         at = lo + int(np.argmax(self.version[lo:hi]))
         return int(self.version[at]), at
+
+
+def _version_layers(entries: list[_CachedFile]) -> list[list[_CachedFile]]:
+    """The files grouped into layers, newest first: files whose version ranges overlap share
+    a layer (e.g. a bootstrap written in several appends, or a compaction's output files), and
+    every version of a layer is above every version of the layers after it."""
+    layers: list[list[_CachedFile]] = []
+    top = None  # the smallest version of the layer being built
+    for entry in sorted((e for e in entries if e.versions is not None), key=lambda e: e.versions[1], reverse=True):
+        if layers and entry.versions[1] >= top:
+            layers[-1].append(entry)
+            top = min(top, entry.versions[0])
+        else:
+            layers.append([entry])
+            top = entry.versions[0]
+    return layers
+
+
+def _newest_rows(entries: list[_CachedFile], wanted: list[tuple[int, np.ndarray]]) -> list[tuple[_CachedFile, np.ndarray]]:
+    """(file, positions) of the rows of the wanted keys (side code, sorted distinct ids) that
+    can be a key's latest row: every row of the key in the newest layer holding it
+    (`_version_layers`), none in older layers, whose versions are all lower. Without this
+    the step got every stored row of its keys: after ten 100,000-rating versions of a
+    100k-user store, 229k rows where 39k are current (the step keeps the latest per key)."""
+    parts = []
+    remaining = dict(wanted)
+    for layer in _version_layers(entries):
+        for code, ids in list(remaining.items()):
+            found = []
+            for entry in layer:
+                rows = entry.rows(code, ids)
+                if len(rows):
+                    parts.append((entry, rows))
+                    found.append(entry.keys[rows])
+            if found:
+                keys = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
+                at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+                remaining[code] = ids[keys[at] != ids]
+        if all(len(ids) == 0 for ids in remaining.values()):
+            break
+    return parts
 
 
 def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | None]:
@@ -411,17 +454,18 @@ class DuckDBEngine:
             return None
         self.cache.retain(folder, set(paths))
         own = self._own_file(warehouse, dt, model_id, paths)
-        wanted = [(0, _sorted_ids(user_ids)), (1, _sorted_ids(item_ids))]
-        parts: list[tuple[_CachedFile, np.ndarray]] = []
-        latest = None
+        entries = []
         for path in paths:
             entry = self.cache.get(path, own[1] if own is not None and own[0] == path else None)
             if entry is None:
                 return None
-            for code, ids in wanted:
-                rows = entry.rows(code, ids) if ids is not None else np.arange(entry.bounds[code], entry.bounds[code + 1])
-                if len(rows):
-                    parts.append((entry, rows))
+            entries.append(entry)
+        wanted = [(code, _sorted_ids(ids)) for code, ids in ((0, user_ids), (1, item_ids)) if ids is not None]
+        parts = _newest_rows(entries, wanted)
+        for code in [code for code, ids in ((0, user_ids), (1, item_ids)) if ids is None]:  # every key of a side
+            parts += [(e, np.arange(e.bounds[code], e.bounds[code + 1])) for e in entries if e.bounds[code + 1] > e.bounds[code]]
+        latest = None
+        for entry in entries:
             glob = entry.latest_global()
             if glob is not None and (latest is None or glob[0] > latest[0]):
                 latest = (glob[0], entry, glob[1])

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from als_core.engines.duckdb_engine import STORED_SCHEMA, DuckDBEngine, _CachedFile, _sorted_ids
+from als_core.engines.duckdb_engine import STORED_SCHEMA, DuckDBEngine, _CachedFile, _newest_rows, _sorted_ids
 from als_core.pipeline.apply import apply_pending
 from als_core.pipeline.ingest import ingest_table
 from als_core.pipeline.models import DEFAULT_PARAMS, create_model
-from als_core.store.versions import compact_factors
+from als_core.store.versions import compact_factors, latest_rows
 
 SIDES = ("user", "item", "global")
 
@@ -39,6 +39,42 @@ def test_rows_are_every_row_of_the_wanted_ids(rows, wanted, code):
     np.testing.assert_array_equal(got, expected)
 
 
+def versioned_file(rows: list[tuple[int, int, int]]) -> _CachedFile:
+    """A decoded file of (side code, id, version) rows; the bias says which row it is."""
+    return _CachedFile(pa.table({
+        "side": [SIDES[s] for s, _, _ in rows], "id": pa.array([i for _, i, _ in rows], pa.int64()),
+        "version": pa.array([v for _, _, v in rows], pa.int64()), "n": pa.array([1] * len(rows), pa.int64()),
+        "bias": [float(v) for _, _, v in rows], "vector": pa.array([[0.5]] * len(rows), pa.list_(pa.float32())),
+    }, schema=STORED_SCHEMA))
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=st.lists(st.tuples(st.integers(1, 12), st.integers(0, 4),
+                                st.lists(st.tuples(st.integers(0, 1), st.integers(0, 25)), max_size=30)), max_size=6),
+       wanted=st.lists(st.integers(0, 30), max_size=40))
+def test_newest_rows_keep_every_keys_latest_row(files, wanted):
+    """Files with overlapping or disjoint version ranges (a file's rows get versions from
+    first to first + spread): the selected rows hold, for every wanted key, its largest
+    stored version, and nothing of keys not wanted."""
+    entries, stored = [], []
+    for first, spread, keys in files:
+        rows = [(side, key, first + (k % (spread + 1))) for k, (side, key) in enumerate(keys)]
+        entries.append(versioned_file(rows))
+        stored += rows
+    ids = _sorted_ids(np.array(wanted, dtype=np.int64))
+    got: dict[tuple[int, int], int] = {}
+    for entry, rows in _newest_rows(entries, [(0, ids), (1, ids)]):
+        for at in rows:
+            side, key, version = int(entry.codes[at]), int(entry.keys[at]), int(entry.version[at])
+            assert key in set(wanted)
+            got[(side, key)] = max(got.get((side, key), version), version)
+    expected: dict[tuple[int, int], int] = {}
+    for side, key, version in stored:
+        if key in set(wanted):
+            expected[(side, key)] = max(expected.get((side, key), version), version)
+    assert got == expected
+
+
 @pytest.mark.slow
 def test_cached_reads_equal_the_store_reader(warehouse, shipped):
     """After versions, a compaction and more versions, the cache returns the same rows for a
@@ -57,8 +93,9 @@ def test_cached_reads_equal_the_store_reader(warehouse, shipped):
     stored = warehouse.factor_rows("m", users, items)
     assert engine.cache.misses > 0  # the cache answered
     key = [("side", "ascending"), ("id", "ascending"), ("version", "ascending")]
-    is_key = lambda t: t.filter(pa.compute.not_equal(t["side"], "global"))  # noqa: E731
+    is_key = lambda t: latest_rows(t.filter(pa.compute.not_equal(t["side"], "global")))  # noqa: E731
     assert is_key(cached).sort_by(key).equals(is_key(stored).select(cached.column_names).cast(cached.schema).sort_by(key))
+    assert cached.num_rows < stored.num_rows  # older rows of a key are not passed on
     latest_global = stored.filter(pa.compute.equal(stored["side"], "global")).sort_by([("version", "descending")])
     assert cached.filter(pa.compute.equal(cached["side"], "global"))["version"].to_pylist() == [
         latest_global["version"][0].as_py()]
@@ -83,7 +120,7 @@ def test_a_steps_own_file_is_taken_from_its_rows_not_read_back(warehouse, shippe
     assert engine.cache.misses == read_before + 1  # the other engine's file: read
     stored = warehouse.factor_rows("m", users, items)
     key = [("side", "ascending"), ("id", "ascending"), ("version", "ascending")]
-    is_key = lambda t: t.filter(pa.compute.not_equal(t["side"], "global"))  # noqa: E731
+    is_key = lambda t: latest_rows(t.filter(pa.compute.not_equal(t["side"], "global")))  # noqa: E731
     assert is_key(cached).sort_by(key).equals(is_key(stored).select(cached.column_names).cast(cached.schema).sort_by(key))
     engine.close()
     other.close()
