@@ -311,9 +311,11 @@ class Warehouse:
         O(matching files); and a condition every listed file meets by its statistics (a batch's
         own file: min = max = its batch id) is not evaluated row by row, nor its column read
         unless asked for. Elsewhere it is `read` with the conditions as a filter."""
+        if any(op != "=" for _, op, _ in pruning):
+            raise ValueError(f"read_pruned takes (column, '=', value) conditions, not {pruning!r}")
         dt = self.table(name)
         schema, partition_by = TABLES[name]
-        if dt is None or not self.is_local or not is_plain_parquet(dt) or any(op != "=" for _, op, _ in pruning):
+        if dt is None or not self.is_local or not is_plain_parquet(dt):
             conditions = [pc.field(c) == v for c, _, v in pruning] + ([filter] if filter is not None else [])
             return self.read(name, filter=_all_of(conditions), columns=columns)
         files, settled = self._pruned_files(name, dt, pruning)
