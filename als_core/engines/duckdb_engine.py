@@ -32,7 +32,6 @@ import threading
 import warnings
 from collections import OrderedDict
 from functools import lru_cache
-from urllib.parse import unquote
 
 import duckdb
 import numpy as np
@@ -461,9 +460,9 @@ class DuckDBEngine:
             if entry is None:
                 return None
             entries.append(entry)
-        wanted = [(code, _sorted_ids(ids)) for code, ids in ((0, user_ids), (1, item_ids)) if ids is not None]
-        parts = _newest_rows(entries, wanted)
-        for code in [code for code, ids in ((0, user_ids), (1, item_ids)) if ids is None]:  # every key of a side
+        sides = ((0, user_ids), (1, item_ids))
+        parts = _newest_rows(entries, [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None])
+        for code in [code for code, ids in sides if ids is None]:  # every key of that side
             parts += [(e, np.arange(e.bounds[code], e.bounds[code + 1])) for e in entries if e.bounds[code + 1] > e.bounds[code]]
         latest = None
         for entry in entries:
@@ -492,9 +491,7 @@ class DuckDBEngine:
                   "min.id": pc.min(rows["id"]).as_py(), "max.id": pc.max(rows["id"]).as_py()}
         if not set(wanted) <= set(actions.column_names):
             return None
-        root = dt.table_uri[len("file://"):] if dt.table_uri.startswith("file://") else dt.table_uri
-        for at, path in enumerate(actions["path"].to_pylist()):
-            path = os.path.join(root, unquote(path))
+        for at, path in enumerate(warehouse.local_file_paths(actions, dt)):
             if path in new and all(actions[column][at].as_py() == value for column, value in wanted.items()):
                 return path, rows
         return None

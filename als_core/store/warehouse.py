@@ -339,6 +339,12 @@ class Warehouse:
             self._actions[name] = (dt.version(), actions)
         return actions
 
+    def local_file_paths(self, actions: pa.Table, dt: DeltaTable) -> list[str | None]:
+        """The local path of each add action's file (None: a file outside the table folder,
+        e.g. in a shallow clone, given by a full URI)."""
+        root = _local_path(dt.table_uri)
+        return [None if "://" in p else str(root / unquote(p)) for p in actions["path"].to_pylist()]
+
     def _pruned_files(self, name: str, dt: DeltaTable, pruning: list[tuple]) -> tuple[list[str], set[str]]:
         """The local data files that may hold rows matching ``pruning`` (``(column, "=",
         value)`` conditions), from the add actions kept for the version (delta-rs'
@@ -352,11 +358,10 @@ class Warehouse:
             keep = [k and m for k, m in zip(keep, may)]
         settled = {column for column, verdict in verdicts.items()
                    if verdict is not None and all(sure for sure, k in zip(verdict[1], keep) if k)}
-        root = _local_path(dt.table_uri)
-        paths = [p for p, k in zip(actions["path"].to_pylist(), keep) if k]
-        if any("://" in p for p in paths):  # files outside the table folder (e.g. a shallow clone)
+        paths = [p for p, k in zip(self.local_file_paths(actions, dt), keep) if k]
+        if None in paths:  # files outside the table folder: delta-rs resolves them
             return dt.file_uris(file_pruning_predicate=pruning), set()
-        return [str(root / unquote(p)) for p in paths], settled
+        return paths, settled
 
     def append(self, name: str, rows: pa.Table, txn: tuple[str, int] | None = None) -> None:
         """Append rows (cast to the table's schema), optionally with an app transaction."""
