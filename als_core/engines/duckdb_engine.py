@@ -11,6 +11,9 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   (`_execute`): no view is created or dropped per step. A CTE read by two or more later parts is
   MATERIALIZED; one read once is NOT MATERIALIZED, so DuckDB streams it into its reader
   instead of storing it first (the per-key gradient sums flow straight into apply_gradients).
+* **Small batches run it prepared.** Up to `SMALL_BATCH_ROWS` ratings, parsing, binding and
+  planning the query cost more than running it; `PreparedQueries` prepares it once per
+  thread over Arrow slots that each step fills.
 * **Factor reads from a cache of immutable files.** Delta data files never change once
   written, so the engine keeps the decoded rows of the model's ``factors`` files (numpy
   columns sorted by (side, id)) in a byte-bounded LRU cache keyed by path. Which files are
@@ -49,9 +52,10 @@ from als_core.store.warehouse import is_plain_parquet
 #: Default size of the factor file cache (bytes of decoded Arrow data), overridable with the
 #: environment variable STREAMING_ALS_DUCKDB_CACHE_BYTES or the engine's ``cache_bytes``.
 DEFAULT_CACHE_BYTES = 4 << 30
-#: Batches of at most this many ratings run with DuckDB's optimizer off: on a ~2,000-row input
-#: its ~5 ms of planning is never won back (measured on a 1,000-rating step: query min 25.7 ms
-#: with it, 21.1 ms without, same results). Larger batches need it (join order, pushdowns).
+#: Batches of at most this many ratings run the step prepared once (`PreparedQueries`), with
+#: DuckDB's optimizer off: on a ~2,000-row input its ~5 ms of planning is never won back
+#: (measured on a 1,000-rating step: query min 25.7 ms with it, 21.1 ms without, same
+#: results). Larger batches need it (join order, pushdowns), planned for their own sizes.
 SMALL_BATCH_ROWS = 2_000
 STORED_COLUMNS = ["side", "id", "version", "n", "bias", "vector"]
 STORED_SCHEMA = pa.schema([("side", pa.string()), ("id", pa.int64()), ("version", pa.int64()), ("n", pa.int64()),
@@ -147,16 +151,81 @@ warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", cat
 RELATION_NAMES = ("stored_factors", "batch_ratings", "step_params", "score_params", "ratings_to_score")
 
 
-def _execute(con: duckdb.DuckDBPyConnection, query: str, stored_factors=None, batch_ratings=None,
-             step_params=None, score_params=None, ratings_to_score=None) -> pa.Table:
-    """Run ``query`` with its relations as this function's local variables: DuckDB finds an
+def _execute(con: duckdb.DuckDBPyConnection, query: str, **relations) -> pa.Table:
+    """Run ``query`` over ``relations`` (Arrow data by the names the sql/ files use)."""
+    return _statement(con, query, **relations).to_arrow_table()
+
+
+def _statement(con: duckdb.DuckDBPyConnection, statement: str, stored_factors=None, batch_ratings=None,
+               step_params=None, score_params=None, ratings_to_score=None) -> duckdb.DuckDBPyConnection:
+    """Run ``statement`` with its relations as this function's local variables: DuckDB finds an
     Arrow table named in a query among the calling function's variables (a replacement
     scan), so no view is created or dropped. Registering a step's four relations as views
     and dropping them afterwards costs ~5 ms (0.8 ms per view); measured on one store, 200
     alternating 1,000-rating steps of two engines: p50 99.7 ms this way, 103.6 ms with views
     (and 100.3 / 100.5 ms for two identical engines). A relation the query needs but the
     caller did not pass is None here, and DuckDB refuses the query."""
-    return con.execute(query).to_arrow_table()
+    return con.execute(statement)
+
+
+class _ArrowSlot:
+    """A relation whose Arrow table can be swapped. DuckDB reads it through the Arrow
+    PyCapsule stream interface and asks for a new stream at every scan, so a statement
+    prepared over the slot reads the table the slot holds when the statement runs."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return self.table.__arrow_c_stream__(requested_schema)
+
+
+class PreparedQueries:
+    """Queries prepared once over slots (`_ArrowSlot`) named like the relations they read, on a
+    cursor of their own with DuckDB's optimizer off: for small batches (`SMALL_BATCH_ROWS`),
+    whose step costs more to parse, bind and plan than to run. A run puts the relations in
+    the slots and executes the prepared statement. Measured (docs/streaming_benchmark.md):
+    the 1,000-rating step query alone, p50 14 ms prepared against 38 ms planned afresh, same
+    results; whole steps ... .
+
+    New relation names or schemas (the plan is bound to the types) replace the cursor, and
+    with it the slots and statements. The optimizer stays off because a plan prepared for one
+    batch serves the next: with it on, join orders would be chosen for the first batch."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+        self.cursor: duckdb.DuckDBPyConnection | None = None
+        self.signature: tuple | None = None
+        self.slots: dict[str, _ArrowSlot] = {}
+        self.statements: dict[str, str] = {}  # query: prepared statement name
+
+    def run(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
+        signature = tuple((name, rows.schema) for name, rows in relations.items())
+        if self.cursor is None or signature != self.signature:
+            self._reset(relations, signature)
+        for name, rows in relations.items():
+            self.slots[name].table = rows
+        name = self.statements.get(query)
+        if name is None:
+            name = f"prepared_{len(self.statements)}"
+            _statement(self.cursor, f"PREPARE {name} AS {query}", **self.slots)
+            self.statements[query] = name
+        # the slots are passed again: should DuckDB ever bind the statement anew, it finds them
+        return _statement(self.cursor, f"EXECUTE {name}", **self.slots).to_arrow_table()
+
+    def _reset(self, relations: dict[str, pa.Table], signature: tuple) -> None:
+        self.close()
+        self.cursor = self.con.cursor()
+        self.cursor.execute("PRAGMA disable_optimizer")
+        self.slots = {name: _ArrowSlot(rows) for name, rows in relations.items()}
+        self.signature, self.statements = signature, {}
+
+    def close(self) -> None:
+        if self.cursor is not None:
+            self.cursor.close()
+            self.cursor = None
 
 
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
@@ -449,9 +518,10 @@ class DuckDBEngine:
         if not is_plain_parquet(dt):  # deletion vectors, column mapping...: the files alone are not the table
             return None
         folder = f"/model_id={model_id}/"  # delta-rs and the Spark engine write Hive-style partition folders
-        paths = [u[len("file://"):] if u.startswith("file://") else u for u in dt.file_uris() if folder in u]
-        if any("://" in p for p in paths):
+        local = warehouse.local_file_paths("factors", dt)
+        if None in local:  # files outside the table folder: the store's reader resolves them
             return None
+        paths = [p for p in local if folder in p]
         self.cache.retain(folder, set(paths))
         own = self._own_file(warehouse, dt, model_id, paths)
         entries = []
@@ -491,31 +561,36 @@ class DuckDBEngine:
                   "min.id": pc.min(rows["id"]).as_py(), "max.id": pc.max(rows["id"]).as_py()}
         if not set(wanted) <= set(actions.column_names):
             return None
-        for at, path in enumerate(warehouse.local_file_paths(actions, dt)):
+        for at, path in enumerate(warehouse.local_file_paths("factors", dt)):
             if path in new and all(actions[column][at].as_py() == value for column, value in wanted.items()):
                 return path, rows
         return None
 
     # ------------------------------------------------------------------ running sql/ files
-    def _cursor(self, unoptimized: bool = False) -> duckdb.DuckDBPyConnection:
-        """This thread's cursor (a DuckDB connection object is not safe across threads).
-        ``unoptimized``: one with DuckDB's optimizer off, for small batches (`SMALL_BATCH_ROWS`)."""
+    def _local_state(self):
+        """This thread's cursor and prepared queries (a DuckDB connection object is not safe
+        across threads)."""
         local = self._local
-        if getattr(local, "cursors", None) is None:
-            local.cursors = {}
-        if unoptimized not in local.cursors:
-            cursor = self.con.cursor()
-            if unoptimized:
-                cursor.execute("PRAGMA disable_optimizer")
-            local.cursors[unoptimized] = cursor
-        return local.cursors[unoptimized]
+        if getattr(local, "cursor", None) is None:
+            local.cursor = self.con.cursor()
+            local.prepared = PreparedQueries(self.con)
+        return local
 
-    def _run_query(self, relations: dict[str, pa.Table], query: str, unoptimized: bool = False) -> pa.Table:
-        """Run one query over the relations (Arrow tables by the names the sql/ files use)."""
+    def _check_relations(self, relations: dict[str, pa.Table]) -> None:
         unknown = set(relations) - set(RELATION_NAMES)
         if unknown:
             raise ValueError(f"no relation named {sorted(unknown)} in the sql/ files")
-        return _execute(self._cursor(unoptimized), query, **relations)
+
+    def _run_query(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
+        """Run one query over the relations (Arrow tables by the names the sql/ files use)."""
+        self._check_relations(relations)
+        return _execute(self._local_state().cursor, query, **relations)
+
+    def _run_prepared(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
+        """`_run_query` for a small batch: the query prepared once, DuckDB's optimizer off
+        (`PreparedQueries`)."""
+        self._check_relations(relations)
+        return self._local_state().prepared.run(relations, query)
 
     def _run(self, relations: dict[str, pa.Table], queries: list[list[tuple[str, str]]]) -> list[pa.Table]:
         """Run each chain of step files as one query: each file becomes a materialized CTE
@@ -533,8 +608,9 @@ class DuckDBEngine:
             "step_params": model.step_params(new_version, batch_seq),
             "score_params": score_params(clip),
         }
-        out = self._run_query(relations, step_and_score_query(model.params.rank),
-                              unoptimized=ratings.num_rows <= self.small_batch_rows)
+        query = step_and_score_query(model.params.rank)
+        small = ratings.num_rows <= self.small_batch_rows
+        out = self._run_prepared(relations, query) if small else self._run_query(relations, query)
         is_rows = pc.equal(out[_PART], "rows")
         rows = out.filter(is_rows).select(ROW_COLUMNS)
         if self.cache is not None:
@@ -552,9 +628,10 @@ class DuckDBEngine:
         )[0]
 
     def close(self) -> None:
-        for cursor in (getattr(self._local, "cursors", None) or {}).values():
-            cursor.close()
-        self._local.cursors = None
+        if getattr(self._local, "cursor", None) is not None:
+            self._local.prepared.close()
+            self._local.cursor.close()
+        self._local.cursor = self._local.prepared = None
         self.con.close()
         if self.cache is not None:
             self.cache.clear()

@@ -186,7 +186,8 @@ class Warehouse:
         self.storage_options = storage_options
         self._tables: dict[str, DeltaTable] = {}  # latest snapshots, refreshed incrementally
         self._small: dict[str, tuple[int, set[str], pa.Table]] = {}  # SMALL_TABLES: (version, files, rows)
-        self._actions: dict[str, tuple[int, pa.Table]] = {}  # latest add actions: (version, actions)
+        # latest snapshot's files: (version, (add actions, their local paths))
+        self._actions: dict[str, tuple[int, tuple[pa.Table, list[str | None]]]] = {}
         self._transactions: dict[tuple[str, str], tuple[int, int | None]] = {}  # (table, app_id): (version, txn)
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True)
@@ -331,19 +332,23 @@ class Warehouse:
     def add_actions(self, name: str, dt: DeltaTable) -> pa.Table:
         """The add actions (one row per live file: path, partition values, statistics) of a
         snapshot, kept for the latest version: a step reads them several times between commits."""
+        return self._snapshot_files(name, dt)[0]
+
+    def local_file_paths(self, name: str, dt: DeltaTable) -> list[str | None]:
+        """The local path of each of `add_actions`' files, in its order (None: a file outside
+        the table folder, e.g. in a shallow clone, given by a full URI); kept like them."""
+        return self._snapshot_files(name, dt)[1]
+
+    def _snapshot_files(self, name: str, dt: DeltaTable) -> tuple[pa.Table, list[str | None]]:
         cached = self._actions.get(name)
         if cached is not None and cached[0] == dt.version() and dt is self._tables.get(name):
             return cached[1]
         actions = pa.table(dt.get_add_actions(flatten=True))
-        if dt is self._tables.get(name):
-            self._actions[name] = (dt.version(), actions)
-        return actions
-
-    def local_file_paths(self, actions: pa.Table, dt: DeltaTable) -> list[str | None]:
-        """The local path of each add action's file (None: a file outside the table folder,
-        e.g. in a shallow clone, given by a full URI)."""
         root = _local_path(dt.table_uri)
-        return [None if "://" in p else str(root / unquote(p)) for p in actions["path"].to_pylist()]
+        paths = [None if "://" in p else str(root / unquote(p)) for p in actions["path"].to_pylist()]
+        if dt is self._tables.get(name):
+            self._actions[name] = (dt.version(), (actions, paths))
+        return actions, paths
 
     def _pruned_files(self, name: str, dt: DeltaTable, pruning: list[tuple]) -> tuple[list[str], set[str]]:
         """The local data files that may hold rows matching ``pruning`` (``(column, "=",
@@ -351,14 +356,14 @@ class Warehouse:
         ``file_uris(file_pruning_predicate)`` evaluates its predicate over the whole snapshot
         at every call: ~6 ms at 60 files), and the columns whose condition every one of those
         files meets in every row (partition values; min = max = value without nulls)."""
-        actions = self.add_actions(name, dt)
+        actions, local_paths = self._snapshot_files(name, dt)
         keep = [True] * actions.num_rows
         verdicts = {column: _may_hold(actions, column, value) for column, _, value in pruning}
         for may, _ in filter(None, verdicts.values()):
             keep = [k and m for k, m in zip(keep, may)]
         settled = {column for column, verdict in verdicts.items()
                    if verdict is not None and all(sure for sure, k in zip(verdict[1], keep) if k)}
-        paths = [p for p, k in zip(self.local_file_paths(actions, dt), keep) if k]
+        paths = [p for p, k in zip(local_paths, keep) if k]
         if None in paths:  # files outside the table folder: delta-rs resolves them
             return dt.file_uris(file_pruning_predicate=pruning), set()
         return paths, settled
