@@ -211,7 +211,7 @@ def test_small_batches_without_the_optimizer_give_the_same_step(warehouse, shipp
 
 
 def test_the_engine_passes_only_the_relations_the_sql_files_read():
-    """Relations reach DuckDB as Python variables of `_execute`: an unknown name is refused
+    """Relations reach DuckDB as Python variables of `_statement`: an unknown name is refused
     before the query runs, and a missing one makes DuckDB refuse the query."""
     import duckdb
 
