@@ -186,8 +186,8 @@ def run_store(n_users: int, args, log) -> dict:
         engine = get_engine("duckdb", **({"threads": args.threads} if args.threads else {}))
         phases = Phases()
         phases.wrap(wh, "batch_ratings", "read_batch")
-        if hasattr(engine, "stored_factor_rows"):  # the engine's own reader (file cache)
-            phases.wrap(engine, "stored_factor_rows", "read_factors")
+        if hasattr(engine, "_stored_relation"):  # the engine's own reader (file cache)
+            phases.wrap(engine, "_stored_relation", "read_factors")
         else:
             phases.wrap(wh, "factor_rows", "read_factors")
         phases.wrap(engine, "step", "engine_step")

@@ -11,8 +11,14 @@ import pyarrow as pa
 
 from als_core.sgd import SGDParams
 
+# The first step file: the latest stored row per key. An engine whose reader returns only
+# those already passes them as relation ``latest_factors`` and runs the files after it
+# (`from_latest_rows`).
+LATEST_STORED_FILE = ("step/00_latest_stored_factors", "latest_factors")
+
 # The step files, in order, and the relation each one defines for the files after it.
 STEP_FILES: list[tuple[str, str]] = [
+    LATEST_STORED_FILE,
     ("step/01_select_batch_factors", "batch_factors"),
     ("step/02_join_batch_factors", "joined_factors"),
     ("step/03_init_unseen_factors", "key_factors"),
@@ -28,12 +34,18 @@ STEP_FILES: list[tuple[str, str]] = [
 PREQUENTIAL_RELATION = "rating_errors"
 PREQUENTIAL_COLUMNS = ["rating_seq", "rating", "prediction"]
 
-# Scoring (holdout evaluation, `Engine.score`): the state as of a version (step 1 over the
-# stored rows) then predictions.
+# Scoring (holdout evaluation, `Engine.score`): the state as of a version (steps 0 and 1
+# over the stored rows) then predictions.
 SCORE_FILES: list[tuple[str, str]] = [
+    LATEST_STORED_FILE,
     ("step/01_select_batch_factors", "model_state"),
     ("score_ratings", "scores"),
 ]
+
+
+def from_latest_rows(files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``files`` without `LATEST_STORED_FILE`, for stored rows that hold one row per key."""
+    return [f for f in files if f != LATEST_STORED_FILE]
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   or more later parts is MATERIALIZED; one read once is NOT MATERIALIZED, so DuckDB streams
   it into its reader instead of storing it first (the per-key gradient sums flow straight
   into apply_gradients).
-* **Small batches run it prepared.** Up to `SMALL_BATCH_ROWS` ratings, parsing, binding and
-  planning the query cost more than running it; `PreparedQueries` prepares it once per
-  thread over Arrow slots that each step fills.
+* **Prepared once.** Parsing, binding and planning the ~9,000-character query cost ~25-30 ms
+  (more than running it on 1,000 ratings); `PreparedQueries` prepares it once per thread
+  over Arrow slots that each step fills.
 * **Factor reads from a cache of immutable files.** Delta data files never change once
   written, so the engine keeps the decoded rows of the model's ``factors`` files (numpy
   columns sorted by (side, id)) in a byte-bounded LRU cache keyed by path. Which files are
@@ -46,23 +46,22 @@ import pyarrow.parquet as pq
 from als_core import init
 from als_core.engines import sqlgen
 from als_core.engines.base import (PREQUENTIAL_COLUMNS, PREQUENTIAL_RELATION, SCORE_FILES, STEP_FILES, ModelSpec,
-                                   StepResult, batch_relation, in_rating_order, score_params)
+                                   StepResult, batch_relation, from_latest_rows, in_rating_order, score_params)
 from als_core.store.schemas import check_model_id
 from als_core.store.warehouse import is_plain_parquet
 
 #: Default size of the factor file cache (bytes of decoded Arrow data), overridable with the
 #: environment variable STREAMING_ALS_DUCKDB_CACHE_BYTES or the engine's ``cache_bytes``.
 DEFAULT_CACHE_BYTES = 4 << 30
-#: Batches of at most this many ratings run the step prepared once (`PreparedQueries`), with
-#: DuckDB's optimizer off: on a ~2,000-row input its ~5 ms of planning is never won back
-#: (measured on a 1,000-rating step: query min 25.7 ms with it, 21.1 ms without, same
-#: results). Larger batches need it (join order, pushdowns), planned for their own sizes.
-SMALL_BATCH_ROWS = 2_000
 STORED_COLUMNS = ["side", "id", "version", "n", "bias", "vector"]
 STORED_SCHEMA = pa.schema([("side", pa.string()), ("id", pa.int64()), ("version", pa.int64()), ("n", pa.int64()),
                            ("bias", pa.float64()), ("vector", pa.list_(pa.float32()))])
 _SIDES = ("user", "item", "global")
 ROW_COLUMNS = ["model_id", "version", "side", "id", "n", "bias", "vector", "batch_seq"]
+#: Rows per record batch of a query's Arrow result: DuckDB's vector size, so that each batch
+#: of the step's result holds rows of one UNION ALL part (but the one at the border) and
+#: `split_rows_and_scores` sorts whole batches instead of filtering every column.
+RESULT_BATCH_ROWS = 2048
 
 
 def arrow_of(result) -> pa.Table:
@@ -102,16 +101,42 @@ def chained_query(steps: list[tuple[str, str]], rank: int | None = None) -> str:
 
 
 @lru_cache(maxsize=None)
-def step_and_score_query(rank: int) -> str:
+def step_and_score_query(rank: int, latest_only: bool = False) -> str:
     """The step chain and its prequential scores in one statement: the new factor rows, then
     the scores, told apart by ``rating_seq`` (only a score has one). A tag column would cost
-    its conversion to Arrow: ~4 ms for a 100,000-rating step's 140k result rows."""
-    rows = STEP_FILES[-1][1]
+    its conversion to Arrow: ~4 ms for a 100,000-rating step's 140k result rows.
+    ``latest_only``: the stored rows hold one row per key, passed as ``latest_factors``
+    (`base.from_latest_rows`)."""
+    files = from_latest_rows(STEP_FILES) if latest_only else STEP_FILES
+    rows = files[-1][1]
     scores = ", ".join(PREQUENTIAL_COLUMNS)
-    return _with(_bodies(STEP_FILES, rank),
+    return _with(_bodies(files, rank),
                  f"SELECT * FROM \"{rows}\"\n"
                  f"UNION ALL BY NAME\n"
                  f"SELECT {scores} FROM \"{PREQUENTIAL_RELATION}\" WHERE prediction IS NOT NULL")
+
+
+def split_rows_and_scores(result: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The step query's result (`step_and_score_query`) as (new factor rows, scores): a score
+    is a row with a ``rating_seq``. Batches of one part are taken whole (each part's own
+    columns only); a batch holding both is filtered. 100,000 ratings: ~3 ms, against ~8 ms
+    to filter the whole result twice (and ~2 ms more to convert it in 1M-row batches)."""
+    rows, scores = [], []
+    for batch in result.to_batches():
+        seq = batch.column("rating_seq")
+        if seq.null_count == batch.num_rows:
+            rows.append(batch.select(ROW_COLUMNS))
+        elif seq.null_count == 0:
+            scores.append(batch.select(PREQUENTIAL_COLUMNS))
+        else:
+            is_row = seq.is_null()
+            rows.append(batch.select(ROW_COLUMNS).filter(is_row))
+            scores.append(batch.select(PREQUENTIAL_COLUMNS).filter(pc.invert(is_row)))
+
+    def schema(columns):
+        return pa.schema([result.schema.field(c) for c in columns])
+
+    return pa.Table.from_batches(rows, schema(ROW_COLUMNS)), pa.Table.from_batches(scores, schema(PREQUENTIAL_COLUMNS))
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -150,16 +175,18 @@ warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", cat
                         module=re.escape(__name__))
 
 #: The relations the sql/ files read (the engine's inputs), as `_statement` names them.
-RELATION_NAMES = ("stored_factors", "batch_ratings", "step_params", "score_params", "ratings_to_score")
+RELATION_NAMES = ("stored_factors", "latest_factors", "batch_ratings", "step_params", "score_params",
+                  "ratings_to_score")
 
 
 def _execute(con: duckdb.DuckDBPyConnection, query: str, **relations) -> pa.Table:
     """Run ``query`` over ``relations`` (Arrow data by the names the sql/ files use)."""
-    return _statement(con, query, **relations).to_arrow_table()
+    return _statement(con, query, **relations).to_arrow_table(RESULT_BATCH_ROWS)
 
 
-def _statement(con: duckdb.DuckDBPyConnection, statement: str, stored_factors=None, batch_ratings=None,
-               step_params=None, score_params=None, ratings_to_score=None) -> duckdb.DuckDBPyConnection:
+def _statement(con: duckdb.DuckDBPyConnection, statement: str, stored_factors=None, latest_factors=None,
+               batch_ratings=None, step_params=None, score_params=None,
+               ratings_to_score=None) -> duckdb.DuckDBPyConnection:
     """Run ``statement`` with its relations as this function's local variables: DuckDB finds an
     Arrow table named in a query among the calling function's variables (a replacement
     scan), so no view is created or dropped. Registering a step's four relations as views
@@ -186,49 +213,67 @@ class _ArrowSlot:
 
 class PreparedQueries:
     """Queries prepared once over slots (`_ArrowSlot`) named like the relations they read, on a
-    cursor of their own with DuckDB's optimizer off: for small batches (`SMALL_BATCH_ROWS`),
-    whose step costs more to parse, bind and plan than to run. A run puts the relations in
-    the slots and executes the prepared statement. Measured (docs/streaming_benchmark.md,
-    item 19): the 1,000-rating step query alone, p50 14 ms prepared against 38 ms planned
-    afresh, same results; whole 1,000-rating steps of the benchmark, interleaved with the
-    code before, p50 60.5 / 51.5 ms before and 41.4 / 30.0 ms after.
+    cursor of their own. A run puts the relations in the slots and executes the prepared
+    statement. Measured (docs/streaming_benchmark.md, items 19 and 22): the 1,000-rating step
+    query alone, p50 14 ms prepared against 38 ms planned afresh; the 100,000-rating one,
+    121-137 ms against 144-169 ms; same results.
 
-    New relation names or schemas (the plan is bound to the types) replace the cursor, and
-    with it the slots and statements. The optimizer stays off because a plan prepared for one
-    batch serves the next: with it on, join orders would be chosen for the first batch."""
+    DuckDB cannot know how many rows a PyCapsule stream holds, so it plans every slot as a
+    one-row input: the plan does not depend on the data of the step it was prepared with,
+    and serves every batch size alike (join order and build sides are those of that
+    estimate; measured faster than planning each step with the real sizes, planning
+    included). New relation names or schemas (the plan is bound to the types) replace the
+    cursor, and with it the slots and statements."""
+
+    #: Relation sets (names and schemas) kept prepared at once: a step and a holdout score
+    #: alternate in a replay; more sets than this (new schemas) push out the oldest.
+    MAX_SETS = 4
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
-        self.cursor: duckdb.DuckDBPyConnection | None = None
-        self.signature: tuple | None = None
-        self.slots: dict[str, _ArrowSlot] = {}
-        self.statements: dict[str, str] = {}  # query: prepared statement name
+        self.sets: OrderedDict[tuple, _PreparedSet] = OrderedDict()  # by relation names and schemas
 
     def run(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
         signature = tuple((name, rows.schema) for name, rows in relations.items())
-        if self.cursor is None or signature != self.signature:
-            self._reset(relations, signature)
-        for name, rows in relations.items():
-            self.slots[name].table = rows
-        name = self.statements.get(query)
-        if name is None:
-            name = f"prepared_{len(self.statements)}"
-            _statement(self.cursor, f"PREPARE {name} AS {query}", **self.slots)
-            self.statements[query] = name
-        # the slots are passed again: should DuckDB ever bind the statement anew, it finds them
-        return _statement(self.cursor, f"EXECUTE {name}", **self.slots).to_arrow_table()
-
-    def _reset(self, relations: dict[str, pa.Table], signature: tuple) -> None:
-        self.close()
-        self.cursor = self.con.cursor()
-        self.cursor.execute("PRAGMA disable_optimizer")
-        self.slots = {name: _ArrowSlot(rows) for name, rows in relations.items()}
-        self.signature, self.statements = signature, {}
+        prepared = self.sets.get(signature)
+        if prepared is None:
+            prepared = self.sets[signature] = _PreparedSet(self.con.cursor(), relations)
+            while len(self.sets) > self.MAX_SETS:
+                self.sets.popitem(last=False)[1].close()
+        self.sets.move_to_end(signature)
+        return prepared.run(relations, query)
 
     def close(self) -> None:
-        if self.cursor is not None:
-            self.cursor.close()
-            self.cursor = None
+        for prepared in self.sets.values():
+            prepared.close()
+        self.sets.clear()
+
+
+class _PreparedSet:
+    """One cursor, its slots (one per relation name) and the statements prepared over them."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, relations: dict[str, pa.Table]):
+        self.cursor = cursor
+        self.slots = {name: _ArrowSlot(rows) for name, rows in relations.items()}
+        self.statements: dict[str, str] = {}  # query: prepared statement name
+
+    def run(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
+        for name, rows in relations.items():
+            self.slots[name].table = rows
+        try:
+            name = self.statements.get(query)
+            if name is None:
+                name = f"prepared_{len(self.statements)}"
+                _statement(self.cursor, f"PREPARE {name} AS {query}", **self.slots)
+                self.statements[query] = name
+            # the slots are passed again: should DuckDB ever bind the statement anew, it finds them
+            return _statement(self.cursor, f"EXECUTE {name}", **self.slots).to_arrow_table(RESULT_BATCH_ROWS)
+        finally:  # the slots do not keep a step's tables alive until the next one
+            for name, rows in relations.items():
+                self.slots[name].table = rows.schema.empty_table()
+
+    def close(self) -> None:
+        self.cursor.close()
 
 
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
@@ -334,13 +379,16 @@ def _version_layers(entries: list[_CachedFile]) -> list[list[_CachedFile]]:
     return layers
 
 
-def _newest_rows(entries: list[_CachedFile], wanted: list[tuple[int, np.ndarray]]) -> list[tuple[_CachedFile, np.ndarray]]:
+def _newest_rows(entries: list[_CachedFile],
+                 wanted: list[tuple[int, np.ndarray]]) -> tuple[list[tuple[_CachedFile, np.ndarray]], bool]:
     """(file, positions) of the rows of the wanted keys (side code, sorted distinct ids) that
     can be a key's latest row: every row of the key in the newest layer holding it
-    (`_version_layers`), none in older layers, whose versions are all lower. Without this
-    the step got every stored row of its keys: after ten 100,000-rating versions of a
-    100k-user store, 229k rows where 39k are current (the step keeps the latest per key)."""
+    (`_version_layers`), none in older layers, whose versions are all lower; and whether
+    that is one row per key (then it is each key's latest row). Without this the step got
+    every stored row of its keys: after ten 100,000-rating versions of a 100k-user store,
+    229k rows where 39k are current (the step keeps the latest per key)."""
     parts = []
+    one_per_key = True
     remaining = dict(wanted)
     for layer in _version_layers(entries):
         for code, ids in list(remaining.items()):
@@ -350,13 +398,16 @@ def _newest_rows(entries: list[_CachedFile], wanted: list[tuple[int, np.ndarray]
                 if len(rows):
                     parts.append((entry, rows))
                     found.append(entry.keys[rows])
+                    if not entry.unique[code]:  # positions ascend, so a key's rows are adjacent
+                        one_per_key = one_per_key and not np.any(found[-1][1:] == found[-1][:-1])
             if found:
                 keys = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
+                one_per_key = one_per_key and len(keys) == sum(len(k) for k in found)
                 at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
                 remaining[code] = ids[keys[at] != ids]
         if all(len(ids) == 0 for ids in remaining.values()):
             break
-    return parts
+    return parts, one_per_key
 
 
 def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | None]:
@@ -482,9 +533,10 @@ def _sorted_ids(ids) -> np.ndarray | None:
 class DuckDBEngine:
     name = "duckdb"
 
-    def __init__(self, threads: int | None = None, cache_bytes: int | None = None,
-                 small_batch_rows: int = SMALL_BATCH_ROWS):
-        self.small_batch_rows = int(small_batch_rows)
+    def __init__(self, threads: int | None = None, cache_bytes: int | None = None, prepared: bool = True):
+        """``prepared``: run each query prepared once (`PreparedQueries`); False plans it
+        afresh for every step (same results: the tests compare the two)."""
+        self.prepared = bool(prepared)
         self.con = duckdb.connect()
         register_functions(self.con)
         self._local = threading.local()
@@ -502,16 +554,23 @@ class DuckDBEngine:
         items (None: all of that side) plus its global row(s), as of ``version`` (None:
         latest): from the cache of decoded files when it can (latest version, local store),
         else `Warehouse.factor_rows`. Either way the step computes the same result."""
-        rows = self._cached_factor_rows(warehouse, model_id, user_ids, item_ids) if version is None else None
-        if rows is None:
-            rows = warehouse.factor_rows(model_id, user_ids, item_ids, version)
-        return rows
+        return next(iter(self._stored_relation(warehouse, model_id, user_ids, item_ids, version).values()))
 
-    def _cached_factor_rows(self, warehouse, model_id: str, user_ids, item_ids) -> pa.Table | None:
+    def _stored_relation(self, warehouse, model_id: str, user_ids, item_ids, version: int | None) -> dict[str, pa.Table]:
+        """`stored_factor_rows` as the relation the sql/ files read: ``latest_factors`` when
+        they hold one row per key (the cache's lookup found no key twice), else
+        ``stored_factors`` (the step file `base.LATEST_STORED_FILE` keeps each key's latest)."""
+        cached = self._cached_factor_rows(warehouse, model_id, user_ids, item_ids) if version is None else None
+        if cached is None:
+            return {"stored_factors": warehouse.factor_rows(model_id, user_ids, item_ids, version)}
+        rows, one_per_key = cached
+        return {"latest_factors" if one_per_key else "stored_factors": rows}
+
+    def _cached_factor_rows(self, warehouse, model_id: str, user_ids, item_ids) -> tuple[pa.Table, bool] | None:
         """The step's stored rows from the cache: the rows of the batch's users and items in
         the newest of the model's live files holding each (`_newest_rows`), and the model's
         latest global row (the step keeps only the latest row per key, so older rows change
-        nothing). None: use the store's reader."""
+        nothing); and whether that is one row per key. None: use the store's reader."""
         if self.cache is None or not getattr(warehouse, "is_local", False):
             return None
         check_model_id(model_id)
@@ -534,9 +593,10 @@ class DuckDBEngine:
                 return None
             entries.append(entry)
         sides = ((0, user_ids), (1, item_ids))
-        parts = _newest_rows(entries, [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None])
+        parts, one_per_key = _newest_rows(entries, [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None])
         for code in [code for code, ids in sides if ids is None]:  # every key of that side
             parts += [(e, np.arange(e.bounds[code], e.bounds[code + 1])) for e in entries if e.bounds[code + 1] > e.bounds[code]]
+            one_per_key = False
         latest = None
         for entry in entries:
             glob = entry.latest_global()
@@ -544,7 +604,7 @@ class DuckDBEngine:
                 latest = (glob[0], entry, glob[1])
         if latest is not None:
             parts.append((latest[1], np.array([latest[2]], dtype=np.int64)))
-        return _gather(parts)
+        return _gather(parts), one_per_key
 
     def _own_file(self, warehouse, dt, model_id: str, paths: list[str]) -> tuple[str, pa.Table] | None:
         """(path, rows) of the file the model's last step here was committed as, if it is a
@@ -590,45 +650,45 @@ class DuckDBEngine:
         return _execute(self._local_state().cursor, query, **relations)
 
     def _run_prepared(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
-        """`_run_query` for a small batch: the query prepared once, DuckDB's optimizer off
-        (`PreparedQueries`)."""
+        """`_run_query` with the query prepared once (`PreparedQueries`)."""
         self._check_relations(relations)
         return self._local_state().prepared.run(relations, query)
+
+    def _run_step_query(self, relations: dict[str, pa.Table], query: str) -> pa.Table:
+        run = self._run_prepared if self.prepared else self._run_query
+        return run(relations, query)
 
     def _run(self, relations: dict[str, pa.Table], queries: list[list[tuple[str, str]]]) -> list[pa.Table]:
         """Run each chain of step files as one query: each file becomes a materialized CTE
         named after the relation it defines (one round trip; DuckDB plans the chain at once)."""
-        return [self._run_query(relations, chained_query(steps)) for steps in queries]
+        return [self._run_step_query(relations, chained_query(steps)) for steps in queries]
 
     def step(self, warehouse, model: ModelSpec, batch: pa.Table, new_version: int, batch_seq: int | None,
              clip: tuple[float, float]) -> StepResult:
         ratings = batch_relation(batch)
-        stored = self.stored_factor_rows(warehouse, model.model_id, ratings["user_id"].to_numpy(),
-                                         ratings["item_id"].to_numpy())
+        stored = self._stored_relation(warehouse, model.model_id, ratings["user_id"].to_numpy(),
+                                       ratings["item_id"].to_numpy(), None)
         relations = {
-            "stored_factors": stored,
+            **stored,
             "batch_ratings": ratings,
             "step_params": model.step_params(new_version, batch_seq),
             "score_params": score_params(clip),
         }
-        query = step_and_score_query(model.params.rank)
-        small = ratings.num_rows <= self.small_batch_rows
-        out = self._run_prepared(relations, query) if small else self._run_query(relations, query)
-        is_rows = out["rating_seq"].is_null()
-        rows = out.filter(is_rows).select(ROW_COLUMNS)
+        query = step_and_score_query(model.params.rank, latest_only="latest_factors" in stored)
+        out = self._run_step_query(relations, query)
+        rows, scores = split_rows_and_scores(out)
         if self.cache is not None:
             self._stepped[model.model_id] = rows  # the rows of the file its commit will write
-        prequential = in_rating_order(out.filter(pc.invert(is_rows)).select(PREQUENTIAL_COLUMNS))
+        prequential = in_rating_order(scores)
         return StepResult(rows=rows, prequential=prequential)
 
     def score(self, warehouse, model_id: str, ratings: pa.Table, version: int | None,
               clip: tuple[float, float]) -> pa.Table:
         relation = batch_relation(ratings)
-        stored = self.stored_factor_rows(warehouse, model_id, relation["user_id"].to_numpy(),
-                                         relation["item_id"].to_numpy(), version)
-        return self._run(
-            {"stored_factors": stored, "ratings_to_score": relation, "score_params": score_params(clip)}, [SCORE_FILES]
-        )[0]
+        stored = self._stored_relation(warehouse, model_id, relation["user_id"].to_numpy(),
+                                       relation["item_id"].to_numpy(), version)
+        files = from_latest_rows(SCORE_FILES) if "latest_factors" in stored else SCORE_FILES
+        return self._run({**stored, "ratings_to_score": relation, "score_params": score_params(clip)}, [files])[0]
 
     def close(self) -> None:
         if getattr(self._local, "cursor", None) is not None:

@@ -188,28 +188,6 @@ def test_a_step_gives_the_same_bits_in_every_run(warehouse, shipped):
         assert prequential.equals(runs[0][1])
 
 
-def test_small_batches_without_the_optimizer_give_the_same_step(warehouse, shipped):
-    """Batches up to `SMALL_BATCH_ROWS` run with DuckDB's optimizer off (planning dominates
-    there); the result must not change."""
-    from als_core.engines.duckdb_engine import SMALL_BATCH_ROWS, DuckDBEngine
-    from als_core.pipeline.models import model_specs
-
-    ingest_batches(warehouse, shipped.slice(0, 1000))
-    create_model(warehouse, "o", DEFAULT_PARAMS)
-    apply_pending(warehouse, get_engine("duckdb"), evaluate_every=0)
-    spec = next(s for s in model_specs(warehouse) if s.model_id == "o")
-    batch = shipped.slice(1000, 1000)
-    assert batch.num_rows <= SMALL_BATCH_ROWS
-    steps = []
-    for small_batch_rows in (SMALL_BATCH_ROWS, 0):  # optimizer off, then on
-        engine = DuckDBEngine(small_batch_rows=small_batch_rows)
-        steps.append(engine.step(warehouse, spec, batch, 2, 2, (0.5, 5.0)))
-        engine.close()
-    key = [("side", "ascending"), ("id", "ascending")]
-    assert steps[0].rows.sort_by(key).equals(steps[1].rows.sort_by(key))
-    assert steps[0].prequential.equals(steps[1].prequential)
-
-
 def test_the_engine_passes_only_the_relations_the_sql_files_read():
     """Relations reach DuckDB as Python variables of `_statement`: an unknown name is refused
     before the query runs, and a missing one makes DuckDB refuse the query."""
@@ -231,9 +209,9 @@ def test_the_engine_passes_only_the_relations_the_sql_files_read():
 
 def test_prepared_queries_read_each_runs_relations_and_follow_schema_changes():
     """A prepared query reads the relations of its own run (the slots hold new tables each
-    time, the statement is prepared once), and a relation with another schema gets a new
-    cursor, slots and statement."""
-    from als_core.engines.duckdb_engine import DuckDBEngine
+    time, the statement is prepared once), a relation with another schema gets a cursor,
+    slots and statement of its own, and the slots do not keep a run's tables afterwards."""
+    from als_core.engines.duckdb_engine import DuckDBEngine, PreparedQueries
 
     engine = DuckDBEngine()
     try:
@@ -245,39 +223,91 @@ def test_prepared_queries_read_each_runs_relations_and_follow_schema_changes():
 
         assert run([1, 2]) == (3, 2)
         prepared = engine._local.prepared
-        first = prepared.cursor
+        (first,) = prepared.sets.values()
         assert run([3, 4, 5]) == (12, 3)  # same schema: same statement, new rows
         assert run([]) == (None, 0)
-        assert prepared.cursor is first and list(prepared.statements.values()) == ["prepared_0"]
-        assert run([1.5, 2.0], pa.float64()) == (3.5, 2)  # another schema: prepared anew
-        assert prepared.cursor is not first
+        assert list(prepared.sets.values()) == [first] and list(first.statements.values()) == ["prepared_0"]
+        assert first.slots["batch_ratings"].table.num_rows == 0  # released after the run
+        assert run([1.5, 2.0], pa.float64()) == (3.5, 2)  # another schema: prepared anew, beside the first
+        assert len(prepared.sets) == 2
+        assert run([6]) == (6, 1) and list(first.statements.values()) == ["prepared_0"]
         assert engine._run_prepared({"batch_ratings": pa.table({"x": [7]})}, "SELECT MAX(x) AS m FROM batch_ratings")["m"].to_pylist() == [7]
+        assert list(first.statements.values()) == ["prepared_0", "prepared_1"]
+        for k in range(PreparedQueries.MAX_SETS + 2):  # new schemas push out the oldest sets
+            engine._run_prepared({"batch_ratings": pa.table({f"c{k}": [k]})}, f"SELECT c{k} FROM batch_ratings")
+        assert len(prepared.sets) == PreparedQueries.MAX_SETS and first not in prepared.sets.values()
         with pytest.raises(ValueError, match="no relation named"):
             engine._run_prepared({"ratings": pa.table({"x": [1]})}, "SELECT * FROM ratings")
     finally:
         engine.close()
 
 
-def test_prepared_small_batch_steps_equal_steps_planned_afresh(warehouse, shipped):
-    """Small batches run the step prepared once (`PreparedQueries`); batches of every size
-    must give what the query planned afresh for each batch gives."""
+def test_prepared_steps_equal_steps_planned_afresh(warehouse, shipped):
+    """Every step runs prepared once (`PreparedQueries`), and DuckDB plans the slots as
+    one-row inputs whatever they hold: batches from 300 to 20,000 ratings, with holdout
+    scores in between (another prepared set), must give exactly what the query planned
+    afresh for each batch gives. The cached read passes one row per key as latest_factors
+    (the latest-row join skipped); the store's reader (no cache) passes every stored row of
+    the keys through that join: same results."""
     from als_core.engines.duckdb_engine import DuckDBEngine
     from als_core.pipeline.models import model_specs
 
     ingest_batches(warehouse, shipped.slice(0, 1000))
     create_model(warehouse, "p", DEFAULT_PARAMS)
     apply_pending(warehouse, get_engine("duckdb"), evaluate_every=0)
+    ingest_batches(warehouse, shipped.slice(96_000, 1000))  # a second version: many keys stored twice
+    apply_pending(warehouse, get_engine("duckdb"), evaluate_every=0, compact_every=0)
     spec = next(s for s in model_specs(warehouse) if s.model_id == "p")
-    prepared, afresh = DuckDBEngine(), DuckDBEngine(small_batch_rows=0)
+    prepared, afresh, uncached = DuckDBEngine(), DuckDBEngine(prepared=False), DuckDBEngine(cache_bytes=0)
     key = [("side", "ascending"), ("id", "ascending")]
+    holdout = shipped.slice(90_000, 5_000)
     try:
-        for start, size in ((1000, 1000), (2000, 300), (2300, 1500), (3800, 700), (4500, 1000)):
+        for start, size in ((1000, 1000), (2000, 300), (2300, 20_000), (22_300, 1500), (23_800, 5000)):
             batch = shipped.slice(start, size)
-            got, want = (engine.step(warehouse, spec, batch, 2, 2, (0.5, 5.0)) for engine in (prepared, afresh))
+            got, *wanted = (engine.step(warehouse, spec, batch, 3, 3, (0.5, 5.0)) for engine in (prepared, afresh, uncached))
             assert got.rows.num_rows > 100
-            assert got.rows.sort_by(key).equals(want.rows.sort_by(key))
-            assert got.prequential.equals(want.prequential)
-        assert len(prepared._local.prepared.statements) == 1  # prepared once for all five
+            for want in wanted:
+                assert got.rows.sort_by(key).equals(want.rows.sort_by(key))
+                assert got.prequential.equals(want.prequential)
+            scored, *wanted = (engine.score(warehouse, "p", holdout, None, (0.5, 5.0)) for engine in (prepared, afresh, uncached))
+            assert scored.num_rows == holdout.num_rows
+            for want in wanted:
+                assert scored.sort_by("rating_seq").equals(want.sort_by("rating_seq"))
+        sets = list(prepared._local.prepared.sets.values())
+        assert sorted(len(s.statements) for s in sets) == [1, 1]  # step and score, each prepared once
+        assert all("latest_factors" in s.slots for s in sets)
+        assert all("stored_factors" in s.slots for s in uncached._local.prepared.sets.values())
     finally:
-        prepared.close()
-        afresh.close()
+        for engine in (prepared, afresh, uncached):
+            engine.close()
+
+
+def test_split_rows_and_scores_sorts_whole_batches_and_filters_mixed_ones():
+    """The step's result comes in batches; rows (no rating_seq) and scores must come apart
+    exactly as a filter of the whole result would part them, whatever the batches hold."""
+    from als_core.engines.base import PREQUENTIAL_COLUMNS
+    from als_core.engines.duckdb_engine import ROW_COLUMNS, split_rows_and_scores
+
+    schema = pa.schema([("model_id", pa.string()), ("version", pa.int64()), ("side", pa.string()), ("id", pa.int64()),
+                        ("n", pa.int64()), ("bias", pa.float64()), ("vector", pa.list_(pa.float32())),
+                        ("batch_seq", pa.int64()), ("rating_seq", pa.int64()), ("rating", pa.float64()),
+                        ("prediction", pa.float64())])
+
+    def part(n_rows, seqs):
+        return pa.table({
+            "model_id": ["m"] * n_rows + [None] * len(seqs), "version": [2] * n_rows + [None] * len(seqs),
+            "side": ["user"] * n_rows + [None] * len(seqs), "id": list(range(n_rows)) + [None] * len(seqs),
+            "n": [1] * n_rows + [None] * len(seqs), "bias": [0.5] * n_rows + [None] * len(seqs),
+            "vector": [[1.0, 2.0]] * n_rows + [None] * len(seqs), "batch_seq": [3] * n_rows + [None] * len(seqs),
+            "rating_seq": [None] * n_rows + seqs, "rating": [None] * n_rows + [4.0] * len(seqs),
+            "prediction": [None] * n_rows + [3.5] * len(seqs)}, schema=schema).to_batches()[0]
+
+    batches = [part(3, []), part(2, [0, 1]), part(0, [2, 3, 4]), part(1, [])]
+    result = pa.Table.from_batches(batches)
+    rows, scores = split_rows_and_scores(result)
+    is_row = result["rating_seq"].is_null()
+    assert rows.equals(result.filter(is_row).select(ROW_COLUMNS))
+    assert scores.equals(result.filter(pc.invert(is_row)).select(PREQUENTIAL_COLUMNS))
+    assert rows.num_rows == 6 and scores["rating_seq"].to_pylist() == [0, 1, 2, 3, 4]
+    empty_rows, empty_scores = split_rows_and_scores(result.slice(0, 0))
+    assert empty_rows.column_names == ROW_COLUMNS and empty_scores.num_rows == 0

@@ -55,7 +55,8 @@ def versioned_file(rows: list[tuple[int, int, int]]) -> _CachedFile:
 def test_newest_rows_keep_every_keys_latest_row(files, wanted):
     """Files with overlapping or disjoint version ranges (a file's rows get versions from
     first to first + spread): the selected rows hold, for every wanted key, its largest
-    stored version, and nothing of keys not wanted."""
+    stored version, and nothing of keys not wanted; and they are said to be one row per key
+    exactly when no key was selected twice (the step then skips its latest-row join)."""
     entries, stored = [], []
     for first, spread, keys in files:
         rows = [(side, key, first + (k % (spread + 1))) for k, (side, key) in enumerate(keys)]
@@ -63,16 +64,20 @@ def test_newest_rows_keep_every_keys_latest_row(files, wanted):
         stored += rows
     ids = _sorted_ids(np.array(wanted, dtype=np.int64))
     got: dict[tuple[int, int], int] = {}
-    for entry, rows in _newest_rows(entries, [(0, ids), (1, ids)]):
+    selected = []
+    parts, one_per_key = _newest_rows(entries, [(0, ids), (1, ids)])
+    for entry, rows in parts:
         for at in rows:
             side, key, version = int(entry.codes[at]), int(entry.keys[at]), int(entry.version[at])
             assert key in set(wanted)
             got[(side, key)] = max(got.get((side, key), version), version)
+            selected.append((side, key))
     expected: dict[tuple[int, int], int] = {}
     for side, key, version in stored:
         if key in set(wanted):
             expected[(side, key)] = max(expected.get((side, key), version), version)
     assert got == expected
+    assert one_per_key == (len(selected) == len(set(selected)))
 
 
 @pytest.mark.slow
