@@ -336,23 +336,30 @@ class _CachedFile:
                                              self.vector_valid) if a is not None)
         self.nbytes += self.vectors.nbytes if self.vectors is not None else vector.nbytes
 
-    def rows(self, code: int, ids: np.ndarray) -> np.ndarray:
-        """Positions of the rows of side ``code`` whose id is in ``ids`` (sorted, unique)."""
+    def lookup(self, code: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of the rows of side ``code`` whose id is in ``ids`` (sorted, unique),
+        which of ``ids`` this file holds): the mask lets the caller drop the found ids
+        without searching them again."""
+        found = np.zeros(len(ids), dtype=bool)
         lo, hi = self.bounds[code], self.bounds[code + 1]
         if lo == hi or len(ids) == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), found
         keys = self.keys[lo:hi]
         first, last = np.searchsorted(ids, (keys[0], keys[-1]))
-        ids = ids[first:last + 1]  # the ids within this file's key range
-        if len(ids) == 0:
-            return np.zeros(0, dtype=np.int64)
-        if len(keys) <= len(ids):  # a small file (one version's rows): look its keys up among the ids
-            at = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
-            return lo + np.flatnonzero(ids[at] == keys)
+        inside = ids[first:last + 1]  # the ids within this file's key range
+        if len(inside) == 0:
+            return np.zeros(0, dtype=np.int64), found
+        if len(keys) <= len(inside):  # a small file (one version's rows): look its keys up among the ids
+            at = np.minimum(np.searchsorted(inside, keys), len(inside) - 1)
+            hit = inside[at] == keys
+            found[first + at[hit]] = True
+            return lo + np.flatnonzero(hit), found
+        at = np.searchsorted(keys, inside)
+        hit = keys[np.minimum(at, len(keys) - 1)] == inside
+        found[first:first + len(inside)] = hit
         if self.unique[code]:  # one row per key: one binary search
-            at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-            return lo + at[keys[at] == ids]
-        return lo + _ranges(np.searchsorted(keys, ids, "left"), np.searchsorted(keys, ids, "right"))
+            return lo + at[hit], found
+        return lo + _ranges(at, np.searchsorted(keys, inside, "right")), found
 
     def latest_global(self) -> tuple[int, int] | None:
         """(version, position) of the file's latest global row."""
@@ -392,19 +399,18 @@ def _newest_rows(entries: list[_CachedFile],
     remaining = dict(wanted)
     for layer in _version_layers(entries):
         for code, ids in list(remaining.items()):
-            found = []
+            in_layer = np.zeros(len(ids), dtype=bool)
+            n_rows = 0
             for entry in layer:
-                rows = entry.rows(code, ids)
+                rows, found = entry.lookup(code, ids)
                 if len(rows):
                     parts.append((entry, rows))
-                    found.append(entry.keys[rows])
-                    if not entry.unique[code]:  # positions ascend, so a key's rows are adjacent
-                        one_per_key = one_per_key and not np.any(found[-1][1:] == found[-1][:-1])
-            if found:
-                keys = np.unique(np.concatenate(found)) if len(found) > 1 else found[0]
-                one_per_key = one_per_key and len(keys) == sum(len(k) for k in found)
-                at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-                remaining[code] = ids[keys[at] != ids]
+                    in_layer |= found
+                    n_rows += len(rows)
+            if n_rows:
+                # more rows than ids found: a key twice in a file, or in two files of the layer
+                one_per_key = one_per_key and n_rows == int(np.count_nonzero(in_layer))
+                remaining[code] = ids[~in_layer]
         if all(len(ids) == 0 for ids in remaining.values()):
             break
     return parts, one_per_key

@@ -31,12 +31,14 @@ def factor_file(sides: list[int], ids: list[int]) -> pa.Table:
        wanted=st.lists(st.integers(-5, 70), max_size=120), code=st.integers(0, 1))
 def test_rows_are_every_row_of_the_wanted_ids(rows, wanted, code):
     """Small and large files, repeated keys (several versions of a key in one file), ids outside
-    the file's range: the positions are exactly the rows of that side whose id is wanted."""
+    the file's range: the positions are exactly the rows of that side whose id is wanted, and
+    the mask says which wanted ids the file holds."""
     entry = _CachedFile(factor_file([s for s, _ in rows], [i for _, i in rows]))
     ids = _sorted_ids(np.array(wanted, dtype=np.int64))
-    got = np.sort(entry.rows(code, ids))
+    positions, found = entry.lookup(code, ids)
     expected = np.flatnonzero((entry.codes == code) & np.isin(entry.keys, ids))
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.sort(positions), expected)
+    np.testing.assert_array_equal(found, np.isin(ids, entry.keys[entry.codes == code]))
 
 
 def versioned_file(rows: list[tuple[int, int, int]]) -> _CachedFile:
