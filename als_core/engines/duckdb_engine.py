@@ -290,8 +290,8 @@ class _CachedFile:
     vectors have different lengths (a wrong-rank write the step must see, and refuse, as it
     is) or null components keeps its Arrow list column instead."""
 
-    __slots__ = ("codes", "keys", "bounds", "unique", "version", "versions", "n", "n_valid", "bias", "bias_valid",
-                 "vectors", "vector_valid", "vector_list", "nbytes")
+    __slots__ = ("codes", "keys", "bounds", "unique", "dense", "version", "versions", "n", "n_valid", "bias",
+                 "bias_valid", "vectors", "vector_valid", "vector_list", "nbytes")
 
     def __init__(self, table: pa.Table):
         table = table.combine_chunks()
@@ -330,6 +330,10 @@ class _CachedFile:
         self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
         self.versions = (int(version.min()), int(version.max())) if len(version) else None  # (min, max)
         self.unique = [bool(np.all(np.diff(ids[lo:hi]) > 0)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+        # a side whose ids are every integer of their range once (a compacted store of
+        # surrogate ids): an id's row is found by subtraction, not by binary search
+        self.dense = [bool(u and hi > lo and ids[hi - 1] - ids[lo] == hi - lo - 1)
+                      for u, lo, hi in zip(self.unique, self.bounds[:-1], self.bounds[1:])]
         self.vector_valid, self.vectors = valid, dense
         self.vector_list = vector if dense is None else None  # lengths differ, or null components: kept as they are
         self.nbytes = sum(a.nbytes for a in (self.codes, self.keys, self.bounds, self.version, self.n, self.bias,
@@ -354,6 +358,10 @@ class _CachedFile:
             hit = inside[at] == keys
             found[first + at[hit]] = True
             return lo + np.flatnonzero(hit), found
+        if self.dense[code]:  # (inside may end with an id beyond the last key)
+            inside = inside[:np.searchsorted(inside, keys[-1], "right")]
+            found[first:first + len(inside)] = True
+            return lo + (inside - keys[0]), found
         at = np.searchsorted(keys, inside)
         hit = keys[np.minimum(at, len(keys) - 1)] == inside
         found[first:first + len(inside)] = hit
@@ -386,6 +394,60 @@ def _version_layers(entries: list[_CachedFile]) -> list[list[_CachedFile]]:
     return layers
 
 
+class _WantedIds:
+    """The ids of one side a lookup still looks for (sorted, distinct). When their range is
+    small enough they are also a membership table, a byte per id of the range: a file with
+    about as many keys as there are ids (a version's file) is then searched with one gather
+    of its keys instead of a binary search per key, and found ids are dropped by clearing
+    their bytes. (10M-user store, 100,000-rating batch, 12 version files: 45 ms of binary
+    searches before.) Ids of a wide range (hashed keys, say) keep the sorted array only."""
+
+    MAX_TABLE = 1 << 26  # bytes
+
+    def __init__(self, ids: np.ndarray):
+        self.ids, self.count, self.table, self.stale = ids, len(ids), None, False
+        if len(ids):
+            self.lo, self.hi = int(ids[0]), int(ids[-1])
+            span = self.hi - self.lo + 1
+            if span <= min(self.MAX_TABLE, max(1 << 16, 256 * len(ids))):
+                self.table = np.zeros(span, dtype=bool)
+                self.table[ids - self.lo] = True
+
+    def rows_in(self, entry: _CachedFile, code: int) -> np.ndarray:
+        """Positions of the entry's rows of side ``code`` whose id is still wanted."""
+        lo, hi = entry.bounds[code], entry.bounds[code + 1]
+        if self.count == 0 or lo == hi:
+            return np.zeros(0, dtype=np.int64)
+        if self.table is not None and (hi - lo <= 8 * self.count or not entry.unique[code]):
+            keys = entry.keys[lo:hi]
+            first, last = np.searchsorted(keys, (self.lo, self.hi + 1))
+            hit = self.table[keys[first:last] - self.lo]
+            return lo + first + np.flatnonzero(hit)
+        return entry.lookup(code, self.remaining())[0]
+
+    def remaining(self) -> np.ndarray:
+        if self.stale:
+            self.ids, self.stale = self.ids[self.table[self.ids - self.lo]], False
+        return self.ids
+
+    def drop(self, keys: np.ndarray, n_distinct: int) -> None:
+        """Stop looking for ``keys`` (found; ``n_distinct`` distinct ids among them)."""
+        if self.table is not None:
+            self.table[keys - self.lo] = False
+            self.stale = True
+        else:
+            self.ids = self.ids[~np.isin(self.ids, keys)]
+        self.count -= n_distinct
+
+
+def _disjoint(layer: list[_CachedFile], code: int) -> bool:
+    """No two files of the layer can hold the same id of side ``code`` (their id ranges do
+    not overlap: a compaction's output files, say)."""
+    ranges = sorted((e.keys[e.bounds[code]], e.keys[e.bounds[code + 1] - 1]) for e in layer
+                    if e.bounds[code + 1] > e.bounds[code])
+    return all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+
+
 def _newest_rows(entries: list[_CachedFile],
                  wanted: list[tuple[int, np.ndarray]]) -> tuple[list[tuple[_CachedFile, np.ndarray]], bool]:
     """(file, positions) of the rows of the wanted keys (side code, sorted distinct ids) that
@@ -396,23 +458,27 @@ def _newest_rows(entries: list[_CachedFile],
     229k rows where 39k are current (the step keeps the latest per key)."""
     parts = []
     one_per_key = True
-    remaining = dict(wanted)
-    for layer in _version_layers(entries):
-        for code, ids in list(remaining.items()):
-            in_layer = np.zeros(len(ids), dtype=bool)
-            n_rows = 0
+    layers = _version_layers(entries)
+    for code, ids in wanted:
+        looking = _WantedIds(ids)
+        for layer in layers:
+            if looking.count == 0:
+                break
+            found = []
             for entry in layer:
-                rows, found = entry.lookup(code, ids)
+                rows = looking.rows_in(entry, code)
                 if len(rows):
                     parts.append((entry, rows))
-                    in_layer |= found
-                    n_rows += len(rows)
-            if n_rows:
-                # more rows than ids found: a key twice in a file, or in two files of the layer
-                one_per_key = one_per_key and n_rows == int(np.count_nonzero(in_layer))
-                remaining[code] = ids[~in_layer]
-        if all(len(ids) == 0 for ids in remaining.values()):
-            break
+                    found.append((entry, entry.keys[rows]))
+            if not found:
+                continue
+            keys = np.concatenate([k for _, k in found]) if len(found) > 1 else found[0][1]
+            if all(e.unique[code] for e, _ in found) and (len(found) == 1 or _disjoint(layer, code)):
+                n_distinct = len(keys)
+            else:  # a key may have several rows in this layer: the step's latest-row join picks one
+                n_distinct = len(np.unique(keys))
+                one_per_key = one_per_key and n_distinct == len(keys)
+            looking.drop(keys, n_distinct)
     return parts, one_per_key
 
 

@@ -59,6 +59,38 @@ def test_newest_rows_keep_every_keys_latest_row(files, wanted):
     first to first + spread): the selected rows hold, for every wanted key, its largest
     stored version, and nothing of keys not wanted; and they are said to be one row per key
     exactly when no key was selected twice (the step then skips its latest-row join)."""
+    check_newest_rows(files, wanted)
+
+
+@settings(max_examples=150, deadline=None)
+@given(files=st.lists(st.tuples(st.integers(1, 12), st.integers(0, 4),
+                                st.lists(st.tuples(st.integers(0, 1), st.integers(0, 25)), max_size=30)), max_size=6),
+       wanted=st.lists(st.integers(0, 30), max_size=40))
+def test_newest_rows_without_a_membership_table(files, wanted):
+    """The same, for ids whose range is too wide for `_WantedIds`' table (binary searches and
+    a shrinking sorted array only)."""
+    from als_core.engines import duckdb_engine
+
+    saved = duckdb_engine._WantedIds.MAX_TABLE
+    duckdb_engine._WantedIds.MAX_TABLE = 0
+    try:
+        check_newest_rows(files, wanted)
+    finally:
+        duckdb_engine._WantedIds.MAX_TABLE = saved
+
+
+def test_a_dense_side_is_looked_up_by_subtraction():
+    """A side holding every id of its range once is `dense`: ids inside, below and above the
+    range, and ids the file does not hold on the other side."""
+    entry = _CachedFile(factor_file([0] * 41 + [1] * 3, list(range(10, 51)) + [3, 9, 40]))
+    assert entry.dense == [True, False, False]
+    ids = np.array([1, 10, 11, 30, 50, 51, 99], dtype=np.int64)
+    positions, found = entry.lookup(0, ids)
+    assert entry.keys[positions].tolist() == [10, 11, 30, 50]
+    assert found.tolist() == [False, True, True, True, True, False, False]
+
+
+def check_newest_rows(files, wanted):
     entries, stored = [], []
     for first, spread, keys in files:
         rows = [(side, key, first + (k % (spread + 1))) for k, (side, key) in enumerate(keys)]
