@@ -21,11 +21,13 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   live comes from the Delta snapshot at every step, so a commit, a compaction or a rollback
   by anyone is seen at once; only files never seen before are read (the last commit's small
   file; the whole store once per process and after each compaction). Finding a batch's
-  rows is one binary search per live file: O(batch x log n), whatever the store's size.
-  The step receives the stored rows of the batch's keys from the newest files holding them
-  (`_newest_rows`) and the model's latest global row (older rows cannot change its result:
-  it keeps the latest row per key). Object
-  stores, time travel and files the cache cannot hold use `Warehouse.factor_rows`.
+  rows costs a gather or a binary search per live file (`_WantedIds`): O(batch x log n) at
+  most, whatever the store's size. The step receives the stored rows of the batch's keys
+  from the newest files holding them (`_newest_rows`) and the model's latest global row
+  (older rows cannot change its result: it keeps the latest row per key); when that is one
+  row per key they are passed as ``latest_factors`` and the step's latest-row join
+  (sql/step/00) is skipped. Object stores, time travel and files the cache cannot hold use
+  `Warehouse.factor_rows`.
 """
 
 from __future__ import annotations
