@@ -224,8 +224,8 @@ class PreparedQueries:
     one-row input: the plan does not depend on the data of the step it was prepared with,
     and serves every batch size alike (join order and build sides are those of that
     estimate; measured faster than planning each step with the real sizes, planning
-    included). New relation names or schemas (the plan is bound to the types) replace the
-    cursor, and with it the slots and statements."""
+    included). Each set of relation names and schemas (a plan is bound to the types) gets a
+    cursor, slots and statements of its own (`_PreparedSet`)."""
 
     #: Relation sets (names and schemas) kept prepared at once: a step and a holdout score
     #: alternate in a replay; more sets than this (new schemas) push out the oldest.
