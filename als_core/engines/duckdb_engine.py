@@ -269,7 +269,7 @@ class _PreparedSet:
                 _statement(self.cursor, f"PREPARE {name} AS {query}", **self.slots)
                 self.statements[query] = name
             # the slots are passed again: should DuckDB ever bind the statement anew, it finds them
-            return _statement(self.cursor, f"EXECUTE {name}", **self.slots).to_arrow_table(RESULT_BATCH_ROWS)
+            return _execute(self.cursor, f"EXECUTE {name}", **self.slots)
         finally:  # the slots do not keep a step's tables alive until the next one
             for name, rows in relations.items():
                 self.slots[name].table = rows.schema.empty_table()
@@ -402,12 +402,14 @@ class _WantedIds:
     about as many keys as there are ids (a version's file) is then searched with one gather
     of its keys instead of a binary search per key, and found ids are dropped by clearing
     their bytes. (10M-user store, 100,000-rating batch, 12 version files: 45 ms of binary
-    searches before.) Ids of a wide range (hashed keys, say) keep the sorted array only."""
+    searches before.) Ids of a wide range (hashed keys, say) keep the sorted array only, and
+    drop found ids by the masks of `_CachedFile.lookup`."""
 
     MAX_TABLE = 1 << 26  # bytes
 
     def __init__(self, ids: np.ndarray):
         self.ids, self.count, self.table, self.stale = ids, len(ids), None, False
+        self.held = None  # without a table: which of ``ids`` the files searched since the last drop hold
         if len(ids):
             self.lo, self.hi = int(ids[0]), int(ids[-1])
             span = self.hi - self.lo + 1
@@ -425,7 +427,10 @@ class _WantedIds:
             first, last = np.searchsorted(keys, (self.lo, self.hi + 1))
             hit = self.table[keys[first:last] - self.lo]
             return lo + first + np.flatnonzero(hit)
-        return entry.lookup(code, self.remaining())[0]
+        rows, held = entry.lookup(code, self.remaining())
+        if self.table is None:
+            self.held = held if self.held is None else self.held | held
+        return rows
 
     def remaining(self) -> np.ndarray:
         if self.stale:
@@ -433,12 +438,13 @@ class _WantedIds:
         return self.ids
 
     def drop(self, keys: np.ndarray, n_distinct: int) -> None:
-        """Stop looking for ``keys`` (found; ``n_distinct`` distinct ids among them)."""
+        """Stop looking for ``keys`` (found; ``n_distinct`` distinct ids among them): their
+        bytes are cleared, or, without a table, the ids the lookups since the last drop found."""
         if self.table is not None:
             self.table[keys - self.lo] = False
             self.stale = True
         else:
-            self.ids = self.ids[~np.isin(self.ids, keys)]
+            self.ids, self.held = self.ids[~self.held], None
         self.count -= n_distinct
 
 
