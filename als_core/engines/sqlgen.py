@@ -6,24 +6,31 @@ with sqlglot, replaces those calls by the dialect's expression and prints the qu
 or Spark (sqlglot also transpiles lambdas, ``range`` vs ``sequence``, casts, and so on).
 ``vec_weighted_sum`` is written out per component, so a query using it is rendered for one
 rank (the model's): SQL has no aggregate over arrays, and one SUM per component keeps the
-GROUP BY a plain hash aggregate of doubles in either engine. Every floating-point SUM of the
+GROUP BY a plain hash aggregate of doubles in either engine. DuckDB writes out
+``vec_axpby_float`` per component too: its two lambdas cost more than the expression written
+out (100,000-rating step: that projection 23 -> 9 ms of CPU). Every floating-point SUM of the
 step is an ``exact_sum``: each term is rounded to a multiple of 2^-30 (~1e-9), so every
 partial sum is exact in double precision while it stays below 2^22 in magnitude, and the
 total is the same whatever order the engine adds the terms in. Without it a parallel GROUP BY
 made the biases differ in the last bits from run to run (DuckDB, 2 threads, 100,000 ratings:
 29 of 29 repeats differed), and a serial replay could not reproduce a concurrent one.
 
-=====================================  ===========================================  ==========================================
-portable call                          DuckDB                                       Spark
-=====================================  ===========================================  ==========================================
-``vec_dot(a, b)``                      ``list_dot_product(a, b)``                   ``aggregate(zip_with(a, b, *), 0D, +)``
-``vec_axpby(a, x, b, y)``: a x + b y   ``list_transform(x, lambda v, i: a*v + b*y[i])``  ``zip_with(x, y, (v, w) -> a*v + b*w)``
+=====================================  =============================================  ===========================================
+portable call                          DuckDB                                         Spark
+=====================================  =============================================  ===========================================
+``vec_dot(a, b)``                      ``list_dot_product(a, b)``                     ``aggregate(zip_with(a, b, *), 0D, +)``
+``vec_axpby_float(a, x, b, y)``:       ``[TRY_CAST(a*x[1] + b*y[1] AS FLOAT), ...]``  ``transform(zip_with(x, y, a*v + b*w),``
+a x + b y as FLOAT (per rank in DuckDB)                                               ``c -> TRY_CAST(c AS FLOAT))``
 ``vec_weighted_sum(w, v)``: Σ w v      ``[exact_sum(w * v[1]), ...]``                 ``array(exact_sum(w * element_at(v, 1)), ...)``
 (aggregate, per rank)
 ``exact_sum(x)`` (aggregate)           ``SUM(ROUND(x * 2^30) / 2^30)``: order-independent (above), both dialects
-``vec_init(seed, side, id, rank, s)``  `als_core.init.init_vectors` as a    the integer hash of `als_core.init` in SQL
+``vec_init(seed, side, id, rank, s)``  `als_core.init.init_vectors` as a      the integer hash of `als_core.init` in SQL
                                        scalar function (Arrow UDF)
-=====================================  ===========================================  ==========================================
+=====================================  =============================================  ===========================================
+
+A component of ``vec_axpby_float`` outside FLOAT's range is NULL in DuckDB (TRY_CAST) and
+infinite in Spark (which does not check that cast); the caller refuses either before anything
+is committed.
 
 >>> print(render("SELECT vec_dot(u.v, i.v) AS x FROM u, i", "spark"))
 SELECT AGGREGATE(ZIP_WITH(u.v, i.v, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x) AS x FROM u, i
@@ -53,13 +60,15 @@ _EXACT_SUM = f"SUM(ROUND(({{0}}) * {_GRID}) / {_GRID})"
 _TEMPLATES = {
     "duckdb": {
         "vec_dot": "list_dot_product({0}, {1})",
-        "vec_axpby": "list_transform({1}, lambda _v, _i: ({0}) * _v + ({2}) * ({3})[_i])",
+        # per component, inside [...]; out of FLOAT's range: NULL (TRY_CAST), refused by the caller
+        "vec_axpby_float": "TRY_CAST(({0}) * ({1})[{k} + 1] + ({2}) * ({3})[{k} + 1] AS FLOAT)",
         "vec_weighted_sum": _EXACT_SUM.format("({0}) * ({1})[{k} + 1]"),  # per component, inside [...]
         "exact_sum": _EXACT_SUM,
     },
     "spark": {
         "vec_dot": "aggregate(zip_with({0}, {1}, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x)",
-        "vec_axpby": "zip_with({1}, {3}, (_v, _w) -> ({0}) * _v + ({2}) * _w)",
+        # out of FLOAT's range: infinity (Spark does not check a DOUBLE -> FLOAT cast), refused by the caller
+        "vec_axpby_float": "transform(zip_with({1}, {3}, (_v, _w) -> ({0}) * _v + ({2}) * _w), _c -> TRY_CAST(_c AS FLOAT))",
         "vec_weighted_sum": _EXACT_SUM.format("({0}) * element_at({1}, {k} + 1)"),  # per component, inside array(...)
         "exact_sum": _EXACT_SUM,
     },
@@ -73,6 +82,8 @@ _LET = "transform(array({value}), {var} -> {body})[0]"
 # one element per component k, from the key's hash bound to _b (see init_vector_sql)
 _INIT_COMPONENTS = "transform(sequence(CAST(0 AS BIGINT), CAST({rank} AS BIGINT) - 1), _k -> {init})"
 _ARRAY = {"duckdb": "[{}]", "spark": "array({})"}
+# portable calls a dialect writes out once per vector component (the templates use {k})
+_PER_COMPONENT = {"duckdb": ("vec_weighted_sum", "vec_axpby_float"), "spark": ("vec_weighted_sum",)}
 
 
 class _HashWriter:
@@ -118,9 +129,9 @@ def _replace_portable(node: exp.Expression, dialect: str, rank: int | None) -> e
         if dialect == "duckdb":  # a scalar function of the DuckDB engine (`duckdb_engine.register_functions`)
             return node
         return sqlglot.parse_one(init_vector_sql(*args), read=dialect)
-    if name == "vec_weighted_sum":
+    if name in _PER_COMPONENT.get(dialect, ()):
         if rank is None:
-            raise ValueError("vec_weighted_sum is written out per component: render the query with the model's rank")
+            raise ValueError(f"{name} is written out per component: render the query with the model's rank")
         parts = ", ".join(_TEMPLATES[dialect][name].format(*args, k=k) for k in range(rank))
         return sqlglot.parse_one(_ARRAY[dialect].format(parts), read=dialect)
     text = _TEMPLATES[dialect][name].format(*args)

@@ -8,7 +8,8 @@ import pyarrow.compute as pc
 import pytest
 
 from als_core.engines.base import get_engine
-from als_core.pipeline.apply import apply_pending
+from als_core.engines.base import ModelSpec
+from als_core.pipeline.apply import NumericalFaultError, apply_pending, check_step_rows
 from als_core.pipeline.ingest import ingest_table
 from als_core.pipeline.models import DEFAULT_PARAMS, bootstrap_model, create_model, factor_rows_from_model
 from als_core.sgd import SGDParams, empty_model, replay
@@ -112,6 +113,17 @@ def test_a_diverging_step_is_refused_and_recorded(warehouse, shipped, engine):
     assert "non-finite" in warehouse.model_record("wild")["note"]
     again = apply_pending(warehouse, engine, evaluate_every=0)  # still refused, still on the last good version
     assert "wild" in again.failures and warehouse.current_version("wild") == last_good
+
+
+def test_a_vector_component_float_cannot_hold_is_refused():
+    """The DuckDB step writes such a component as NULL (vec_axpby_float's TRY_CAST); the
+    check before the commit refuses it like a NaN."""
+    spec = ModelSpec("m", SGDParams(rank=3))
+    rows = pa.table({"side": ["user", "global"], "id": [1, 0], "bias": [0.1, 3.5],
+                     "vector": pa.array([[1.0, None, 2.0], None], pa.list_(pa.float32()))})
+    with pytest.raises(NumericalFaultError, match="non-finite factors"):
+        check_step_rows(rows, spec, 4)
+    check_step_rows(rows.slice(1), spec, 4)  # the global row's NULL vector is fine
 
 
 def test_stored_vectors_of_the_wrong_rank_are_refused(warehouse, shipped, engine):

@@ -54,3 +54,39 @@ def test_vec_init_in_spark_equals_init_vectors_exactly(spark):
     spark.createDataFrame(keys(seed, rank, scale).to_pandas()).createOrReplaceTempView("keys")
     rows = spark.sql(render(INIT_QUERY, "spark")).collect()
     np.testing.assert_array_equal(np.array([r["v"] for r in rows]), expected(seed, rank, scale))
+
+
+AXPBY_QUERY = "SELECT id, vec_axpby_float(a, x, b, y) AS v FROM vectors ORDER BY id"
+
+
+def axpby_inputs() -> pa.Table:
+    """Rows of a x + b y, the last two outside FLOAT's range (finite in DOUBLE)."""
+    return pa.table({"id": [1, 2, 3, 4], "a": [1.0, 0.5, 1e30, 1.0], "b": [0.25, -2.0, 1.0, 1e300],
+                     "x": [[1.0, 2.0, 3.0], [0.1, 0.2, 0.3], [1e10, 1e-30, 0.0], [0.0, 1.0, 2.0]],
+                     "y": [[4.0, 5.0, 6.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]})
+
+
+def axpby_expected() -> list:
+    rows = axpby_inputs().to_pylist()
+    return [[float(np.float32(r["a"] * x + r["b"] * y)) for x, y in zip(r["x"], r["y"])] for r in rows[:2]]
+
+
+def test_vec_axpby_float_in_duckdb_is_written_per_component_and_nulls_what_float_cannot_hold():
+    sql = render(AXPBY_QUERY, "duckdb", 3)
+    assert "LIST_TRANSFORM" not in sql.upper() and sql.count("TRY_CAST") == 3
+    with pytest.raises(ValueError, match="rank"):
+        render(AXPBY_QUERY, "duckdb")
+    con = duckdb.connect()
+    con.register("vectors", axpby_inputs())
+    got = con.sql(sql).fetchall()
+    assert [v for _, v in got[:2]] == axpby_expected()
+    assert got[2][1] == [None, 1.0, 0.0]  # 1e40 is no FLOAT: NULL, which the caller refuses
+    assert got[3][1] == [0.0, 1.0, None]
+
+
+@pytest.mark.spark
+def test_vec_axpby_float_in_spark_gives_the_same_floats(spark):
+    spark.createDataFrame(axpby_inputs().to_pandas()).createOrReplaceTempView("vectors")
+    rows = spark.sql(render(AXPBY_QUERY, "spark", 3)).collect()
+    assert [list(r["v"]) for r in rows[:2]] == axpby_expected()
+    assert np.isinf(rows[2]["v"][0]) and np.isinf(rows[3]["v"][2])  # refused by the caller too
