@@ -37,6 +37,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
 import duckdb
@@ -554,10 +555,11 @@ class FactorFileCache:
     def holds(self, path: str) -> bool:
         return path in self._files
 
-    def get(self, path: str, rows: pa.Table | None = None) -> _CachedFile | None:
-        """The decoded file (read on a miss, or decoded from ``rows``: the file's rows, known
-        to the caller), or None if it cannot be cached (too big, or a schema this reader does
-        not know): the caller then uses the store's reader."""
+    def get(self, path: str, decoded: Future | None = None) -> _CachedFile | None:
+        """The decoded file (read on a miss, or ``decoded``: the file's rows, known to the
+        caller and decoded by `decode_rows` in the background), or None if it cannot be cached
+        (too big, or a schema this reader does not know): the caller then uses the store's
+        reader."""
         with self._lock:
             entry = self._files.get(path)
             if entry is not None:
@@ -566,15 +568,12 @@ class FactorFileCache:
                 return entry
             if path in self._uncacheable:
                 return None
-        if rows is None:
+        if decoded is None:
             self.misses += 1  # files read from disk
+            entry = decode_rows(path)
         else:
             self.adopted += 1
-        try:
-            table = rows.select(STORED_COLUMNS) if rows is not None else pq.read_table(path, columns=STORED_COLUMNS)
-            entry = _CachedFile(table.cast(STORED_SCHEMA))
-        except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            entry = None
+            entry = decoded.result()
         if entry is None or entry.nbytes > self.max_bytes:
             with self._lock:
                 self._uncacheable.add(path)
@@ -600,6 +599,17 @@ class FactorFileCache:
             self._files.clear()
             self._uncacheable.clear()
             self._bytes = 0
+
+
+def decode_rows(rows: pa.Table | str) -> _CachedFile | None:
+    """A factors file's rows (or the path of the file) as a `_CachedFile`, or None if this
+    reader does not know their schema."""
+    try:
+        if isinstance(rows, str):
+            rows = pq.read_table(rows, columns=STORED_COLUMNS)
+        return _CachedFile(rows.select(STORED_COLUMNS).cast(STORED_SCHEMA))
+    except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def _sorted_ids(ids) -> np.ndarray | None:
@@ -629,7 +639,11 @@ class DuckDBEngine:
         if cache_bytes is None:
             cache_bytes = int(os.environ.get("STREAMING_ALS_DUCKDB_CACHE_BYTES", DEFAULT_CACHE_BYTES))
         self.cache = FactorFileCache(cache_bytes) if cache_bytes > 0 else None
-        self._stepped: dict[str, pa.Table] = {}  # model_id: the rows of its last step (`_own_file`)
+        self._stepped: dict[str, tuple[pa.Table, Future]] = {}  # model_id: its last step's rows, decoding (`_own_file`)
+        # Decodes a step's rows while the caller checks and commits them: delta-rs writes the
+        # file without the GIL, so the decode is off the critical path (measured on a 10M-user
+        # store's 62k new rows: commit 42 ms + decode 26 ms one after the other, 49 ms at once).
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streaming-als-decode")
 
     # ------------------------------------------------------------------ reading stored factors
     def stored_factor_rows(self, warehouse, model_id: str, user_ids=None, item_ids=None,
@@ -690,14 +704,14 @@ class DuckDBEngine:
             parts.append((latest[1], np.array([latest[2]], dtype=np.int64)))
         return _gather(parts), one_per_key
 
-    def _own_file(self, warehouse, dt, model_id: str, paths: list[str]) -> tuple[str, pa.Table] | None:
-        """(path, rows) of the file the model's last step here was committed as, if it is a
-        live file not cached yet: decoded from the step's rows instead of read back (a
-        100,000-rating step's file: ~8-15 ms of Parquet reading). It is that file only if its
+    def _own_file(self, warehouse, dt, model_id: str, paths: list[str]) -> tuple[str, Future] | None:
+        """(path, its rows being decoded) of the file the model's last step here was committed
+        as, if it is a live file not cached yet: decoded from the step's rows instead of read
+        back (a 100,000-rating step's file: ~8-15 ms of Parquet reading). It is that file only if its
         Delta statistics say so: the same row count, version, batch and id range (a step's
         rows are a function of the batch and the version before, so another writer's file
         with those statistics holds the same rows)."""
-        rows = self._stepped.pop(model_id, None)
+        rows, decoded = self._stepped.pop(model_id, (None, None))
         new = {p for p in paths if not self.cache.holds(p)}
         if rows is None or not new or rows.num_rows == 0:
             return None
@@ -710,7 +724,7 @@ class DuckDBEngine:
             return None
         for at, path in enumerate(warehouse.local_file_paths("factors", dt)):
             if path in new and all(actions[column][at].as_py() == value for column, value in wanted.items()):
-                return path, rows
+                return path, decoded
         return None
 
     # ------------------------------------------------------------------ running sql/ files
@@ -762,7 +776,8 @@ class DuckDBEngine:
         out = self._run_step_query(relations, query)
         rows, scores = split_rows_and_scores(out)
         if self.cache is not None:
-            self._stepped[model.model_id] = rows  # the rows of the file its commit will write
+            # the rows of the file its commit will write, decoded while the caller commits them
+            self._stepped[model.model_id] = (rows, self._decoder.submit(decode_rows, rows))
         prequential = in_rating_order(scores)
         return StepResult(rows=rows, prequential=prequential)
 
@@ -776,6 +791,8 @@ class DuckDBEngine:
         return in_rating_order(scores)  # DuckDB keeps no row order here (see __init__)
 
     def close(self) -> None:
+        self._decoder.shutdown(wait=True)
+        self._stepped.clear()
         if getattr(self._local, "cursor", None) is not None:
             self._local.prepared.close()
             self._local.cursor.close()
