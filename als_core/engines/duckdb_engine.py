@@ -601,6 +601,20 @@ class FactorFileCache:
             self._bytes = 0
 
 
+def stored_rank(rows: pa.Table, model_id: str, rank: int | None = None) -> int:
+    """The length of the stored vectors in ``rows``, which the query is written out for (1
+    when there are none, ``rank`` if given). Lengths that differ from each other or from
+    ``rank`` are refused: the query would read only the first components of a longer vector."""
+    lengths = pc.min_max(pc.list_value_length(rows["vector"]))
+    low, high = lengths["min"].as_py(), lengths["max"].as_py()
+    if low is None:
+        return rank or 1
+    if low != high or (rank is not None and low != rank):
+        expected = f", but the model's rank is {rank}" if rank is not None else ""
+        raise ValueError(f"model {model_id!r}: stored vectors have length {low}..{high}{expected}")
+    return low
+
+
 def decode_rows(rows: pa.Table | str) -> _CachedFile | None:
     """A factors file's rows (or the path of the file) as a `_CachedFile`, or None if this
     reader does not know their schema."""
@@ -756,16 +770,17 @@ class DuckDBEngine:
         run = self._run_prepared if self.prepared else self._run_query
         return run(relations, query)
 
-    def _run(self, relations: dict[str, pa.Table], queries: list[list[tuple[str, str]]]) -> list[pa.Table]:
-        """Run each chain of step files as one query: each file becomes a materialized CTE
-        named after the relation it defines (one round trip; DuckDB plans the chain at once)."""
-        return [self._run_step_query(relations, chained_query(steps)) for steps in queries]
+    def _run(self, relations: dict[str, pa.Table], steps: list[tuple[str, str]], rank: int) -> pa.Table:
+        """Run a chain of step files as one query: each file becomes a CTE named after the
+        relation it defines (one round trip; DuckDB plans the chain at once)."""
+        return self._run_step_query(relations, chained_query(steps, rank))
 
     def step(self, warehouse, model: ModelSpec, batch: pa.Table, new_version: int, batch_seq: int | None,
              clip: tuple[float, float]) -> StepResult:
         ratings = batch_relation(batch)
         stored = self._stored_relation(warehouse, model.model_id, ratings["user_id"].to_numpy(),
                                        ratings["item_id"].to_numpy(), None)
+        stored_rank(next(iter(stored.values())), model.model_id, model.params.rank)
         relations = {
             **stored,
             "batch_ratings": ratings,
@@ -787,7 +802,8 @@ class DuckDBEngine:
         stored = self._stored_relation(warehouse, model_id, relation["user_id"].to_numpy(),
                                        relation["item_id"].to_numpy(), version)
         files = from_latest_rows(SCORE_FILES) if "latest_factors" in stored else SCORE_FILES
-        scores = self._run({**stored, "ratings_to_score": relation, "score_params": score_params(clip)}, [files])[0]
+        rank = stored_rank(next(iter(stored.values())), model_id)
+        scores = self._run({**stored, "ratings_to_score": relation, "score_params": score_params(clip)}, files, rank)
         return in_rating_order(scores)  # DuckDB keeps no row order here (see __init__)
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlglot
 from sqlglot import exp
@@ -57,19 +58,35 @@ DIALECTS = ("duckdb", "spark")
 _GRID = "1073741824.0"  # 2^30
 _EXACT_SUM = f"SUM(ROUND(({{0}}) * {_GRID}) / {_GRID})"
 
+class _PerComponent(NamedTuple):
+    """A portable call written out once per vector component: ``component`` with ``{c}`` the
+    component's 1-based index, the components joined by ``sep`` into ``whole`` at %PARTS%."""
+    component: str
+    whole: str
+    sep: str = ", "
+
+
+def _field(vector: str) -> str:
+    """Component c of a step vector in DuckDB (a STRUCT of fields c1..c<rank>)."""
+    return f"STRUCT_EXTRACT({vector}, 'c{{c}}')"
+
+
 _TEMPLATES = {
     "duckdb": {
-        "vec_dot": "list_dot_product({0}, {1})",
-        # per component, inside [...]; out of FLOAT's range: NULL (TRY_CAST), refused by the caller
-        "vec_axpby_float": "TRY_CAST(({0}) * ({1})[{k} + 1] + ({2}) * ({3})[{k} + 1] AS FLOAT)",
-        "vec_weighted_sum": _EXACT_SUM.format("({0}) * ({1})[{k} + 1]"),  # per component, inside [...]
+        "vec_load": _PerComponent("'c{c}': CAST(({0})[{c}] AS DOUBLE)", "CASE WHEN ({0}) IS NOT NULL THEN {{%PARTS%}} END"),
+        "vec_dot": _PerComponent(f"{_field('{0}')} * {_field('{1}')}", "(%PARTS%)", " + "),
+        # out of FLOAT's range: NULL (TRY_CAST), refused by the caller
+        "vec_axpby_float": _PerComponent(f"TRY_CAST(({{0}}) * {_field('{1}')} + ({{2}}) * {_field('{3}')} AS FLOAT)",
+                                         "[%PARTS%]"),
+        "vec_weighted_sum": _PerComponent("'c{c}': " + _EXACT_SUM.format(f"({{0}}) * {_field('{1}')}"), "{{%PARTS%}}"),
         "exact_sum": _EXACT_SUM,
     },
     "spark": {
+        "vec_load": "CAST({0} AS ARRAY<DOUBLE>)",
         "vec_dot": "aggregate(zip_with({0}, {1}, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x)",
         # out of FLOAT's range: infinity (Spark does not check a DOUBLE -> FLOAT cast), refused by the caller
         "vec_axpby_float": "transform(zip_with({1}, {3}, (_v, _w) -> ({0}) * _v + ({2}) * _w), _c -> TRY_CAST(_c AS FLOAT))",
-        "vec_weighted_sum": _EXACT_SUM.format("({0}) * element_at({1}, {k} + 1)"),  # per component, inside array(...)
+        "vec_weighted_sum": _PerComponent(_EXACT_SUM.format("({0}) * element_at({1}, {c})"), "array(%PARTS%)"),
         "exact_sum": _EXACT_SUM,
     },
 }
@@ -81,9 +98,7 @@ _TEMPLATES = {
 _LET = "transform(array({value}), {var} -> {body})[0]"
 # one element per component k, from the key's hash bound to _b (see init_vector_sql)
 _INIT_COMPONENTS = "transform(sequence(CAST(0 AS BIGINT), CAST({rank} AS BIGINT) - 1), _k -> {init})"
-_ARRAY = {"duckdb": "[{}]", "spark": "array({})"}
-# portable calls a dialect writes out once per vector component (the templates use {k})
-_PER_COMPONENT = {"duckdb": ("vec_weighted_sum", "vec_axpby_float"), "spark": ("vec_weighted_sum",)}
+
 
 
 class _HashWriter:
@@ -129,13 +144,13 @@ def _replace_portable(node: exp.Expression, dialect: str, rank: int | None) -> e
         if dialect == "duckdb":  # a scalar function of the DuckDB engine (`duckdb_engine.register_functions`)
             return node
         return sqlglot.parse_one(init_vector_sql(*args), read=dialect)
-    if name in _PER_COMPONENT.get(dialect, ()):
+    template = _TEMPLATES[dialect][name]
+    if isinstance(template, _PerComponent):
         if rank is None:
             raise ValueError(f"{name} is written out per component: render the query with the model's rank")
-        parts = ", ".join(_TEMPLATES[dialect][name].format(*args, k=k) for k in range(rank))
-        return sqlglot.parse_one(_ARRAY[dialect].format(parts), read=dialect)
-    text = _TEMPLATES[dialect][name].format(*args)
-    return sqlglot.parse_one(text, read=dialect)
+        parts = template.sep.join(template.component.format(*args, c=c) for c in range(1, rank + 1))
+        return sqlglot.parse_one(template.whole.format(*args).replace("%PARTS%", parts), read=dialect)
+    return sqlglot.parse_one(template.format(*args), read=dialect)
 
 
 @lru_cache(maxsize=None)

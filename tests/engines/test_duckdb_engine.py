@@ -7,7 +7,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from als_core.engines import duckdb_engine
 from als_core.engines.base import get_engine
+from als_core.engines.duckdb_engine import vec_init_arrow
 from als_core.engines.base import ModelSpec
 from als_core.pipeline.apply import NumericalFaultError, apply_pending, check_step_rows
 from als_core.pipeline.ingest import ingest_table
@@ -113,6 +115,26 @@ def test_a_diverging_step_is_refused_and_recorded(warehouse, shipped, engine):
     assert "non-finite" in warehouse.model_record("wild")["note"]
     again = apply_pending(warehouse, engine, evaluate_every=0)  # still refused, still on the last good version
     assert "wild" in again.failures and warehouse.current_version("wild") == last_good
+
+
+def test_vec_init_runs_once_per_unseen_key(warehouse, shipped, monkeypatch):
+    """The step reads each component of an initial vector (vec_load): the Python function
+    must still see each unseen key once, not once per component."""
+    seen = []
+
+    def counting(seed, side, ids, rank, scale):
+        seen.append(len(ids))
+        return vec_init_arrow(seed, side, ids, rank, scale)
+
+    monkeypatch.setattr(duckdb_engine, "vec_init_arrow", counting)
+    batch = shipped.slice(0, 1000)
+    ingest_batches(warehouse, batch)
+    create_model(warehouse, "cold", DEFAULT_PARAMS)
+    engine = get_engine("duckdb")  # registers the counting function
+    apply_pending(warehouse, engine, evaluate_every=0)
+    engine.close()
+    keys = len(pc.unique(batch["user_id"])) + len(pc.unique(batch["item_id"]))
+    assert sum(seen) == keys  # a cold start: every key of the batch is unseen
 
 
 def test_a_vector_component_float_cannot_hold_is_refused():

@@ -56,7 +56,9 @@ def test_vec_init_in_spark_equals_init_vectors_exactly(spark):
     np.testing.assert_array_equal(np.array([r["v"] for r in rows]), expected(seed, rank, scale))
 
 
-AXPBY_QUERY = "SELECT id, vec_axpby_float(a, x, b, y) AS v FROM vectors ORDER BY id"
+AXPBY_QUERY = ("SELECT id, vec_axpby_float(a, x, b, y) AS v "
+               "FROM (SELECT id, a, b, vec_load(x) AS x, vec_load(y) AS y FROM vectors) ORDER BY id")
+DOT_QUERY = "SELECT id, vec_dot(x, y) AS d FROM (SELECT id, vec_load(x) AS x, vec_load(y) AS y FROM vectors) ORDER BY id"
 
 
 def axpby_inputs() -> pa.Table:
@@ -73,7 +75,7 @@ def axpby_expected() -> list:
 
 def test_vec_axpby_float_in_duckdb_is_written_per_component_and_nulls_what_float_cannot_hold():
     sql = render(AXPBY_QUERY, "duckdb", 3)
-    assert "LIST_TRANSFORM" not in sql.upper() and sql.count("TRY_CAST") == 3
+    assert "LIST_TRANSFORM" not in sql.upper() and sql.count("TRY_CAST") == 3  # a vector is a STRUCT
     with pytest.raises(ValueError, match="rank"):
         render(AXPBY_QUERY, "duckdb")
     con = duckdb.connect()
@@ -90,3 +92,29 @@ def test_vec_axpby_float_in_spark_gives_the_same_floats(spark):
     rows = spark.sql(render(AXPBY_QUERY, "spark", 3)).collect()
     assert [list(r["v"]) for r in rows[:2]] == axpby_expected()
     assert np.isinf(rows[2]["v"][0]) and np.isinf(rows[3]["v"][2])  # refused by the caller too
+
+
+@pytest.mark.spark
+def test_vec_dot_in_both_dialects_adds_the_products_in_component_order(spark):
+    """DuckDB adds the struct fields' products left to right, Spark's aggregate too: the same
+    bits in either engine."""
+    want = [sum_in_order(r["x"], r["y"]) for r in axpby_inputs().to_pylist()]
+    con = duckdb.connect()
+    con.register("vectors", axpby_inputs())
+    assert [d for _, d in con.sql(render(DOT_QUERY, "duckdb", 3)).fetchall()] == want
+    spark.createDataFrame(axpby_inputs().to_pandas()).createOrReplaceTempView("vectors")
+    assert [r["d"] for r in spark.sql(render(DOT_QUERY, "spark", 3)).collect()] == want
+
+
+def test_vec_load_keeps_a_null_vector_null():
+    con = duckdb.connect()
+    con.register("stored", pa.table({"v": pa.array([[1.5, 2.5], None], pa.list_(pa.float32()))}))
+    assert con.sql(render("SELECT vec_load(v) AS v FROM stored", "duckdb", 2)).fetchall() == [
+        ({"c1": 1.5, "c2": 2.5},), (None,)]
+
+
+def sum_in_order(x, y) -> float:
+    total = 0.0
+    for a, b in zip(x, y):
+        total += a * b
+    return total
