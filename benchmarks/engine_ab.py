@@ -5,10 +5,11 @@ other can differ more than the change being measured. Here both variants apply t
 stream to two identical stores (`streaming_step.build_store`), alternating batch by batch
 (A B, B A, ...), so a drift hits both alike. Variant B is this checkout's engine with other
 options, or the `DuckDBEngine` of another file, e.g. an older commit checked out with
-``git worktree add /tmp/old <rev>``. What is timed is `apply_batch`, as in
+``git worktree add /tmp/old <rev>``; with ``--b-own-sql`` it also runs that checkout's sql/
+files (rendered by its sqlgen), so a change of the SQL is measured too. What is timed is `apply_batch`, as in
 streaming_step.py; the first batch (cold file cache) is not counted.
 
-    .venv/bin/python benchmarks/engine_ab.py --b-module /tmp/old/als_core/engines/duckdb_engine.py
+    .venv/bin/python benchmarks/engine_ab.py --b-module /tmp/old/als_core/engines/duckdb_engine.py --b-own-sql
     .venv/bin/python benchmarks/engine_ab.py --b-options '{"prepared": false}' --size 1000 --batches 61
 
 Both stores must end with the same factor rows and prequential RMSE (checked and reported).
@@ -38,12 +39,21 @@ from als_core.pipeline.models import model_specs  # noqa: E402
 CLIP = (0.5, 5.0)
 
 
-def engine_class(module_path: str | None):
-    if module_path is None:
-        return DuckDBEngine
-    spec = importlib.util.spec_from_file_location("engine_b", module_path)
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def engine_class(module_path: str | None, own_sql: bool = False):
+    """Engine B's class; ``own_sql``: it renders the sql/ files of its own checkout with that
+    checkout's sqlgen (the sqlgen.py beside it finds the sql/ folder beside its package)."""
+    if module_path is None:
+        return DuckDBEngine
+    module = load_module("engine_b", Path(module_path))
+    if own_sql:
+        module.sqlgen = load_module("engine_b_sqlgen", Path(module_path).with_name("sqlgen.py"))
     return module.DuckDBEngine
 
 
@@ -57,12 +67,15 @@ def main(argv=None) -> dict:
     p.add_argument("--a-options", default="{}", help="JSON keyword arguments of engine A (this checkout's)")
     p.add_argument("--b-options", default="{}", help="JSON keyword arguments of engine B")
     p.add_argument("--b-module", default=None, help="file defining engine B's DuckDBEngine (default: this checkout's)")
+    p.add_argument("--b-own-sql", action="store_true",
+                   help="engine B runs its own checkout's sql/ files and sqlgen (default: this checkout's)")
     p.add_argument("--out", default="-", help="JSON results path ('-': none)")
     args = p.parse_args(argv)
 
     stream = synthetic_ratings(args.batches * args.size, args.users, args.items, rank=args.rank, seed=0)
     variants = {"A": (DuckDBEngine, json.loads(args.a_options), "this checkout"),
-                "B": (engine_class(args.b_module), json.loads(args.b_options), args.b_module or "this checkout")}
+                "B": (engine_class(args.b_module, args.b_own_sql), json.loads(args.b_options),
+                      (args.b_module or "this checkout") + (" (its own sql/)" if args.b_own_sql else ""))}
     runs = {}
     for name, (cls, options, source) in variants.items():
         wh, _ = build_store(Path(tempfile.mkdtemp(prefix=f"engine_ab_{name}_")), args.users, args.items, args.rank, 0,
