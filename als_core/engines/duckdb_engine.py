@@ -11,7 +11,9 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   Python variables (`_statement`): no view is created or dropped per step. A CTE read by two
   or more later parts is MATERIALIZED; one read once is NOT MATERIALIZED, so DuckDB streams
   it into its reader instead of storing it first (the per-key gradient sums flow straight
-  into apply_gradients).
+  into apply_gradients). The connection keeps no row order (``preserve_insertion_order``
+  off), so DuckDB builds those CTEs and the result in parallel; key vectors are STRUCTs
+  inside the query (`sqlgen`'s ``vec_load``), carried through its joins as fixed-size columns.
 * **Prepared once.** Parsing, binding and planning the ~9,000-character query cost ~25-30 ms
   (more than running it on 1,000 ratings); `PreparedQueries` prepares it once per thread
   over Arrow slots that each step fills.
@@ -20,7 +22,8 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   columns sorted by (side, id)) in a byte-bounded LRU cache keyed by path. Which files are
   live comes from the Delta snapshot at every step, so a commit, a compaction or a rollback
   by anyone is seen at once; only files never seen before are read (the last commit's small
-  file; the whole store once per process and after each compaction). Finding a batch's
+  file, which the engine decodes from the step's own rows on a worker thread while the
+  caller commits them; the whole store once per process and after each compaction). Finding a batch's
   rows costs a gather or a binary search per live file (`_WantedIds`): O(batch x log n) at
   most, whatever the store's size. The step receives the stored rows of the batch's keys
   from the newest files holding them (`_newest_rows`) and the model's latest global row
