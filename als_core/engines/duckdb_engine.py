@@ -656,7 +656,8 @@ class DuckDBEngine:
         if cache_bytes is None:
             cache_bytes = int(os.environ.get("STREAMING_ALS_DUCKDB_CACHE_BYTES", DEFAULT_CACHE_BYTES))
         self.cache = FactorFileCache(cache_bytes) if cache_bytes > 0 else None
-        self._stepped: dict[str, tuple[pa.Table, Future]] = {}  # model_id: its last step's rows, decoding (`_own_file`)
+        # model_id: the rows of its last step and their decoding (`_own_file`)
+        self._stepped: dict[str, tuple[pa.Table, Future]] = {}
         # Decodes a step's rows while the caller checks and commits them: delta-rs writes the
         # file without the GIL, so the decode is off the critical path (measured on a 10M-user
         # store's 62k new rows: commit 42 ms + decode 26 ms one after the other, 49 ms at once).

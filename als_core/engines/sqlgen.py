@@ -1,14 +1,20 @@
 """One SQL source, two dialects.
 
-The files in ``sql/`` are written once, in DuckDB syntax, using five portable functions
+The files in ``sql/`` are written once, in DuckDB syntax, using six portable functions
 whose spelling differs between engines. ``render(sql, dialect, rank)`` parses a file
 with sqlglot, replaces those calls by the dialect's expression and prints the query for DuckDB
 or Spark (sqlglot also transpiles lambdas, ``range`` vs ``sequence``, casts, and so on).
-``vec_weighted_sum`` is written out per component, so a query using it is rendered for one
-rank (the model's): SQL has no aggregate over arrays, and one SUM per component keeps the
-GROUP BY a plain hash aggregate of doubles in either engine. DuckDB writes out
-``vec_axpby_float`` per component too: its two lambdas cost more than the expression written
-out (100,000-rating step: that projection 23 -> 9 ms of CPU). Every floating-point SUM of the
+
+Inside a step a key's vector is what ``vec_load`` makes of the stored ``FLOAT[]``: Spark's
+``ARRAY<DOUBLE>``, and in DuckDB a STRUCT of one DOUBLE field per component (``c1``, ``c2``,
+...). DuckDB's hash joins carry a STRUCT as fixed-size columns and a list as a variable-size
+payload, and the step joins the key vectors four times (100,000-rating query: 119 -> 105 ms).
+So in DuckDB every vector call is written out per component, and a query using one is rendered
+for one rank (the model's, or the stored vectors' length when scoring). ``vec_weighted_sum``
+is written out per component in Spark too: SQL has no aggregate over arrays, and one SUM per
+component keeps the GROUP BY a plain hash aggregate of doubles in either engine.
+
+Every floating-point SUM of the
 step is an ``exact_sum``: each term is rounded to a multiple of 2^-30 (~1e-9), so every
 partial sum is exact in double precision while it stays below 2^22 in magnitude, and the
 total is the same whatever order the engine adds the terms in. Without it a parallel GROUP BY
@@ -16,21 +22,23 @@ made the biases differ in the last bits from run to run (DuckDB, 2 threads, 100,
 29 of 29 repeats differed), and a serial replay could not reproduce a concurrent one.
 
 =====================================  =============================================  ===========================================
-portable call                          DuckDB                                         Spark
+portable call                          DuckDB (per component, for a rank)             Spark
 =====================================  =============================================  ===========================================
-``vec_dot(a, b)``                      ``list_dot_product(a, b)``                     ``aggregate(zip_with(a, b, *), 0D, +)``
-``vec_axpby_float(a, x, b, y)``:       ``[TRY_CAST(a*x[1] + b*y[1] AS FLOAT), ...]``  ``transform(zip_with(x, y, a*v + b*w),``
-a x + b y as FLOAT (per rank in DuckDB)                                               ``c -> TRY_CAST(c AS FLOAT))``
-``vec_weighted_sum(w, v)``: Σ w v      ``[exact_sum(w * v[1]), ...]``                 ``array(exact_sum(w * element_at(v, 1)), ...)``
-(aggregate, per rank)
+``vec_load(x)``: stored FLOAT[] as     ``{'c1': CAST(x[1] AS DOUBLE), ...}``          ``CAST(x AS ARRAY<DOUBLE>)``
+the step's vector (NULL stays NULL)
+``vec_dot(a, b)``                      ``(a.c1 * b.c1 + a.c2 * b.c2 + ...)``          ``aggregate(zip_with(a, b, *), 0D, +)``
+``vec_axpby_float(a, x, b, y)``:       ``[TRY_CAST(a*x.c1 + b*y.c1 AS FLOAT), ...]``  ``transform(zip_with(x, y, a*v + b*w),``
+a x + b y as FLOAT[]                                                                  ``c -> TRY_CAST(c AS FLOAT))``
+``vec_weighted_sum(w, v)``: Σ w v      ``{'c1': exact_sum(w * v.c1), ...}``           ``array(exact_sum(w * element_at(v, 1)), ...)``
+(aggregate)
 ``exact_sum(x)`` (aggregate)           ``SUM(ROUND(x * 2^30) / 2^30)``: order-independent (above), both dialects
 ``vec_init(seed, side, id, rank, s)``  `als_core.init.init_vectors` as a      the integer hash of `als_core.init` in SQL
                                        scalar function (Arrow UDF)
 =====================================  =============================================  ===========================================
 
-A component of ``vec_axpby_float`` outside FLOAT's range is NULL in DuckDB (TRY_CAST) and
-infinite in Spark (which does not check that cast); the caller refuses either before anything
-is committed.
+``vec_dot`` adds the products left to right in both engines: the same bits. A component of
+``vec_axpby_float`` outside FLOAT's range is NULL in DuckDB (TRY_CAST) and infinite in Spark
+(which does not check that cast); the caller refuses either before anything is committed.
 
 >>> print(render("SELECT vec_dot(u.v, i.v) AS x FROM u, i", "spark"))
 SELECT AGGREGATE(ZIP_WITH(u.v, i.v, (_a, _b) -> _a * _b), CAST(0 AS DOUBLE), (_acc, _x) -> _acc + _x) AS x FROM u, i
@@ -57,6 +65,7 @@ DIALECTS = ("duckdb", "spark")
 # partitions): the same in every run, with any number of threads, and in both engines.
 _GRID = "1073741824.0"  # 2^30
 _EXACT_SUM = f"SUM(ROUND(({{0}}) * {_GRID}) / {_GRID})"
+
 
 class _PerComponent(NamedTuple):
     """A portable call written out once per vector component: ``component`` with ``{c}`` the
@@ -98,7 +107,6 @@ _TEMPLATES = {
 _LET = "transform(array({value}), {var} -> {body})[0]"
 # one element per component k, from the key's hash bound to _b (see init_vector_sql)
 _INIT_COMPONENTS = "transform(sequence(CAST(0 AS BIGINT), CAST({rank} AS BIGINT) - 1), _k -> {init})"
-
 
 
 class _HashWriter:
