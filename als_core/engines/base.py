@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from als_core.sgd import SGDParams
 
@@ -113,6 +114,13 @@ def in_rating_order(scores: pa.Table) -> pa.Table:
     slots = np.full(int(seq.max()) + 1, -1, dtype=np.int64)
     slots[seq] = np.arange(len(seq))
     return scores.take(slots[slots >= 0])
+
+
+def vector_lengths(vectors) -> tuple[int | None, int | None]:
+    """(shortest, longest) length of the non-NULL vectors of a list column; (None, None)
+    when there are none (the global row's vector is NULL)."""
+    bounds = pc.min_max(pc.list_value_length(vectors))
+    return bounds["min"].as_py(), bounds["max"].as_py()
 
 
 def score_params(clip: tuple[float, float]) -> pa.Table:

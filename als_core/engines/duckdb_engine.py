@@ -52,7 +52,8 @@ import pyarrow.parquet as pq
 from als_core import init
 from als_core.engines import sqlgen
 from als_core.engines.base import (PREQUENTIAL_COLUMNS, PREQUENTIAL_RELATION, SCORE_FILES, STEP_FILES, ModelSpec,
-                                   StepResult, batch_relation, from_latest_rows, in_rating_order, score_params)
+                                   StepResult, batch_relation, from_latest_rows, in_rating_order, score_params,
+                                   vector_lengths)
 from als_core.store.schemas import check_model_id
 from als_core.store.warehouse import is_plain_parquet
 
@@ -608,8 +609,7 @@ def stored_rank(rows: pa.Table, model_id: str, rank: int | None = None) -> int:
     """The length of the stored vectors in ``rows``, which the query is written out for (1
     when there are none, ``rank`` if given). Lengths that differ from each other or from
     ``rank`` are refused: the query would read only the first components of a longer vector."""
-    lengths = pc.min_max(pc.list_value_length(rows["vector"]))
-    low, high = lengths["min"].as_py(), lengths["max"].as_py()
+    low, high = vector_lengths(rows["vector"])
     if low is None:
         return rank or 1
     if low != high or (rank is not None and low != rank):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from als_core.engines.base import Engine, ModelSpec
+from als_core.engines.base import Engine, ModelSpec, vector_lengths
 from als_core.metrics import mae, rmse
 from als_core.pipeline.models import model_specs
 from als_core.schema import DEFAULT_SCALE
@@ -59,8 +59,7 @@ def check_step_rows(rows: pa.Table, spec: ModelSpec, batch_seq: int) -> None:
     if not _all_finite(rows["bias"]):
         raise NumericalFaultError(f"{where}: the step produced non-finite biases (gamma={spec.params.gamma} "
                                   "too large?); refused, no version written")
-    lengths = pc.min_max(pc.list_value_length(rows["vector"]))  # NULL vectors (the global row) skipped
-    low, high = lengths["min"].as_py(), lengths["max"].as_py()
+    low, high = vector_lengths(rows["vector"])
     if low is not None and (low != spec.params.rank or high != spec.params.rank):
         raise NumericalFaultError(f"{where}: stored vectors have length {low}..{high} "
                                   f"but the model's rank is {spec.params.rank}; refused, no version written")
