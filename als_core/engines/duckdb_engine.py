@@ -329,7 +329,7 @@ class _CachedFile:
             codes, ids, version, n, bias, valid = (a[order] for a in (codes, ids, version, n, bias, valid))
             n_valid, bias_valid = (a[order] if a is not None else None for a in (n_valid, bias_valid))
             if dense is not None:
-                dense = dense[order]
+                dense = np.take(dense, order, axis=0)
             else:
                 vector = vector.take(pa.array(order))
         self.codes, self.keys, self.version = codes, ids, version
@@ -524,10 +524,14 @@ def _gather(parts: list[tuple[_CachedFile, np.ndarray]]) -> pa.Table:
     if len(ranks) <= 1 and -1 not in ranks:
         rank = ranks.pop() if ranks else 0
         valid = cat([e.vector_valid[r] for e, r in parts], bool)
-        dense = np.concatenate([e.vectors[r] for e, r in parts]) if parts else np.zeros((0, rank), np.float32)
+        # np.take, not e.vectors[r]: numpy's fancy indexing of a 2-d array copies row by row
+        # (60k rows of a 10M-row file: ~9 ms against ~2 ms)
+        taken = [np.take(e.vectors, r, axis=0) for e, r in parts if len(r)]
+        dense = np.concatenate(taken) if taken else np.zeros((0, rank), np.float32)
         offsets = np.zeros(len(valid) + 1, dtype=np.int32)
         np.cumsum(valid * rank, out=offsets[1:])
-        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(dense[valid].reshape(-1)),
+        values = dense if valid.all() else dense[valid]
+        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)),
                                           type=STORED_SCHEMA.field("vector").type, mask=pa.array(~valid))
     else:  # vectors of different lengths: Arrow takes, per file
         pieces = []
