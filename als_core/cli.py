@@ -269,8 +269,12 @@ def rollback(model: Annotated[str, typer.Argument()], version: Annotated[int, ty
 
 @app.command()
 @friendly_errors
-def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None):
+def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None,
+            full: Annotated[bool, typer.Option("--full", help="Rewrite each whole model, even when merging "
+                                               "the versions since its last compaction would do.")] = False):
     """Rewrite factors to the latest row per key (keeps reads O(batch)); all models by default.
+    A model whose versions since its last full compaction are few beside it gets only those
+    merged into one file (tiered compaction); --full rewrites it whole.
     Without --model, also merge the small files of the append-only tables (ratings, ledger,
     evaluations...), which keeps commits fast as batches accumulate."""
     from als_core.store.maintenance import compact_store_tables
@@ -280,8 +284,12 @@ def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None):
     wh.ensure_tables()
     ids = [model] if model else wh.models()["model_id"].to_pylist()
     for m in ids:
-        r = compact_factors(wh, m)
-        console.print(f"{m}: {r['rows_before']} rows -> {r['rows_after']}")
+        r = compact_factors(wh, m, full=True if full else None)
+        if r["kind"] == "none":
+            console.print(f"{m}: nothing to compact (one file since the last compaction)")
+        else:
+            part = "whole model" if r["kind"] == "full" else "versions since the last full compaction"
+            console.print(f"{m}: {r['kind']} compaction ({part}), {r['rows_before']} rows -> {r['rows_after']}")
     if not model:
         for r in compact_store_tables(wh):
             if r["files_merged"]:

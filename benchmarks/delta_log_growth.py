@@ -70,7 +70,7 @@ def run_store(root: Path, retention: str | None, args) -> dict:
             raise RuntimeError(f"version {version} was not committed")
         commits.append({"version": version, "seconds": time.perf_counter() - t0, "log_entries": entries})
         if args.compact_every and version % args.compact_every == 0:
-            compact_factors(warehouse, "m")
+            compact_factors(warehouse, "m", full=True)
     return {"retention": warehouse.log_retention()["factors"], "commits": commits,
             "log_entries_at_end": sum(1 for _ in os.scandir(log))}
 

@@ -111,7 +111,7 @@ def step_point(n_users: int, history: int, args) -> dict:
         for phase in ("before_compaction", "after_compaction"):
             if phase == "after_compaction":
                 t0 = time.perf_counter()
-                compact_factors(wh, ss.MODEL_ID)
+                compact_factors(wh, ss.MODEL_ID, full=True)
                 out["compaction_s"] = round(time.perf_counter() - t0, 2)
                 out["factor_files_after"] = len(wh.table("factors").file_uris())
             gc.collect()

@@ -45,7 +45,9 @@ def test_ingest_step_versions_predict_recommend_sql_rollback(tmp_path, batch_fil
     assert "cold start" in rec
     assert "3" in run("sql", "SELECT count(*) AS versions FROM model_versions", "-w", wh).output
     assert "version 4 restores version 1" in run("rollback", "m1", 1, "-w", wh).output
-    assert "rows ->" in run("compact", "-w", wh).output
+    assert "full compaction (whole model)" in run("compact", "-w", wh).output
+    assert "nothing to compact" in run("compact", "-w", wh).output
+    assert "full compaction" in run("compact", "--full", "-w", wh).output
 
 
 def test_ingest_reports_rejects_and_refuses_unreadable_files(tmp_path):
