@@ -26,7 +26,7 @@ from als_core.pipeline.models import DEFAULT_PARAMS, bootstrap_model, create_mod
 from als_core.schema import DEFAULT_SCALE
 from als_core.sgd import SGDParams
 from als_core.store.schemas import FACTORS
-from als_core.store.versions import model_state, to_factor_model
+from als_core.store.versions import compact_factors, model_state, to_factor_model
 from als_core.store.warehouse import StoreError, Warehouse
 
 pytestmark = pytest.mark.spark
@@ -193,6 +193,23 @@ def test_tables_written_by_one_engine_are_read_by_the_other(tmp_path, shipped, s
     assert versions_written(mixed, "s") == versions_written(alone, "s") == list(range(1, 13))
     for version in (5, 10, 12):
         assert max_state_diff(state(alone, "s", version), state(mixed, "s", version)) <= TOL, f"version {version}"
+
+
+def test_spark_reads_a_tiered_compaction_like_duckdb(tmp_path, shipped, spark_engine):
+    """A full compaction after 4 batches, 4 more, a tiered one (the base files plus one merged
+    file), then 2 batches on Spark: the same states as 10 batches on DuckDB, never compacted."""
+    data = shipped.slice(0, 10 * BATCH)
+    tiered = new_warehouse(tmp_path / "tiered", data, 10, {"s": SUM_PARAMS})
+    alone = new_warehouse(tmp_path / "alone", data, 10, {"s": SUM_PARAMS})
+    duck = DuckDBEngine()
+    apply_pending(tiered, duck, evaluate_every=0, compact_every=0, max_batches=4)
+    assert compact_factors(tiered, "s", full=True)["kind"] == "full"
+    apply_pending(tiered, duck, evaluate_every=0, compact_every=0, max_batches=4)
+    assert compact_factors(tiered, "s", full=False)["kind"] == "tiered"
+    assert not apply_pending(tiered, spark_engine, evaluate_every=0, compact_every=0).failures
+    assert not apply_pending(alone, duck, evaluate_every=0, compact_every=0).failures
+    for version in (4, 6, 8, 10):
+        assert max_state_diff(state(alone, "s", version), state(tiered, "s", version)) <= TOL, f"version {version}"
 
 
 def test_refuses_delta_tables_that_are_not_plain_parquet(tmp_path, shipped, spark, spark_engine):
