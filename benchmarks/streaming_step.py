@@ -222,7 +222,8 @@ def run_store(n_users: int, args, log) -> dict:
                     rec["prequential_rmse"].append(done.prequential_rmse)
             else:
                 rec["warmup_s"].append(elapsed)
-        out["tiered_compaction"] = tiered_compaction(wh, engine, spec, ledger[len(plan)], version)
+        out["tiered_compaction"] = {**tiered_compaction(wh, engine, spec, ledger[len(plan)], version),
+                                    "next_batch_ratings": args.small_size}
         log(f"  tiered compaction of the stream's versions: {out['tiered_compaction']}")
         cache = getattr(engine, "cache", None)
         if cache is not None:
@@ -230,6 +231,8 @@ def run_store(n_users: int, args, log) -> dict:
                                    "max_bytes": cache.max_bytes}
         engine.close()
         for kind, rec in per_kind.items():
+            if not rec["latency_s"]:  # warm-up only (e.g. --small-batches 0)
+                continue
             lat = rec.pop("latency_s")
             cpu = rec.pop("cpu_s")
             rec["cpu"] = stats(cpu)
@@ -351,7 +354,7 @@ def markdown(result: dict) -> str:
             lines += ["", f"{s['n_users']:,} users: full compaction (setup, {setup.get('bootstrap_rows', 0):,} rows) "
                           f"{setup.get('compaction_s', float('nan')):.1f} s; tiered compaction of the stream's "
                           f"{tiered['versions']} versions ({tiered['rows_before']:,} rows -> {tiered['rows_after']:,}) "
-                          f"{tiered['seconds']:.1f} s, then the next {s['small']['size']:,}-rating batch "
+                          f"{tiered['seconds']:.1f} s, then the next {tiered['next_batch_ratings']:,}-rating batch "
                           f"{tiered['next_batch_s'] * 1000:,.0f} ms."]
     lines += ["", "| target | measured | verdict |", "|---|---:|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {verdict(t['pass'])} |" for t in result["targets"]]
