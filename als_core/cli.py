@@ -353,9 +353,15 @@ def sql(query: Annotated[Optional[str], typer.Argument(help="SQL to run; omit fo
     """DuckDB over the store: tables + current_factors(), predict(), recommend(), model_versions, evaluation_history."""
     from als_core.sql_session import sql_session
 
+    import duckdb
+
     with sql_session(_warehouse(warehouse)) as con:
         if query:
-            _show(con, query)
+            try:
+                _show(con, query)
+            except duckdb.Error as exc:  # a bad query, or a macro's refusal: one line, exit 1
+                err_console.print(f"[bold red]error:[/] {exc}")
+                raise typer.Exit(1)
             return
         console.print("DuckDB over the store. End statements with ';'. Ctrl-D to quit.")
         buffer = ""

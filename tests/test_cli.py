@@ -48,6 +48,8 @@ def test_ingest_step_versions_predict_recommend_sql_rollback(tmp_path, batch_fil
     assert "full compaction (whole model)" in run("compact", "-w", wh).output
     assert "nothing to compact" in run("compact", "-w", wh).output
     assert "full compaction" in run("compact", "--full", "-w", wh).output
+    old = run("sql", "SELECT count(*) FROM current_factors('m1', as_of := 1)", "-w", wh, ok=False)
+    assert old.exit_code == 1 and "older than its last compaction" in old.output and "Traceback" not in old.output
 
 
 def test_ingest_reports_rejects_and_refuses_unreadable_files(tmp_path):

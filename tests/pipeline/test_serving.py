@@ -61,6 +61,28 @@ def test_views_list_versions_and_current_factors(tiny):
         assert n == 3
 
 
+def test_current_factors_refuses_a_version_older_than_the_last_compaction(tiny):
+    """The macro reads the latest table: a version whose rows a compaction merged away would
+    come back wrong, so it is refused, naming the way that time-travels."""
+    import duckdb
+
+    from als_core.engines.base import get_engine
+    from als_core.pipeline.apply import apply_pending
+    from als_core.store.versions import compact_factors, model_state
+
+    engine = get_engine("duckdb")
+    apply_pending(tiny, engine, evaluate_every=0, compact_every=0)  # the "seen" batch: version 2
+    engine.close()
+    compact_factors(tiny, "tiny", full=True)
+    with sql_session(tiny) as con:
+        with pytest.raises(duckdb.InvalidInputException, match=r"version 1 of model tiny is older than its last "
+                                                                r"compaction \(version 2\).*model_state"):
+            con.execute("SELECT * FROM current_factors('tiny', as_of := 1)").fetchall()
+        at_2 = con.execute("SELECT count(*) FROM current_factors('tiny', as_of := 2)").fetchone()[0]
+    assert at_2 == model_state(tiny, "tiny", 2).num_rows == 6  # 2 users, 3 items, the global row
+    assert model_state(tiny, "tiny", 1).num_rows == 6  # Python time-travels to it
+
+
 def test_predict_is_null_for_a_model_without_versions(warehouse):
     create_model(warehouse, "empty", SGDParams(rank=2))
     with sql_session(warehouse) as con:
