@@ -286,7 +286,7 @@ def compact(model: ModelOpt = None, warehouse: WarehouseOpt = None,
     for m in ids:
         r = compact_factors(wh, m, full=True if full else None)
         if r["kind"] == "none":
-            console.print(f"{m}: nothing to compact (one file since the last compaction)")
+            console.print(f"{m}: nothing to compact (at most one file written since the last compaction)")
         else:
             part = "whole model" if r["kind"] == "full" else "versions since the last full compaction"
             console.print(f"{m}: {r['kind']} compaction ({part}), {r['rows_before']} rows -> {r['rows_after']}")

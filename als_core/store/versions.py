@@ -129,12 +129,12 @@ def compact_factors(warehouse: Warehouse, model_id: str, row_group_rows: int = 1
     (the tail, `split_base_tail`) hold fewer than ``tail_fraction`` x the rows of its output
     (the base), only the tail is rewritten, into one file of its latest rows per key: O(rows
     since), and the base's files stay as they are (and in the DuckDB engine's cache). A full
-    rewrite of a 10M-user model takes ~30 s here, and every engine cache must then read the
-    whole model again. The default also rewrites everything when the base is not the output
+    rewrite of a 10M-user model takes 20-30 s here, and every engine cache must then read
+    the whole model again. The default also rewrites everything when the base is not the output
     of a recorded compaction. ``full=True`` always rewrites everything; ``full=False``
     rewrites only the tail unless the statistics do not allow it. The returned record says which
-    (``kind``: "full", "tiered", or "none" when the tail is already one file); its rows
-    counts are those of the part rewritten."""
+    (``kind``: "full", "tiered", or "none": at most one file since the last compaction); its
+    row counts are those of the part rewritten."""
     from deltalake import CommitProperties, Transaction, write_deltalake
 
     check_model_id(model_id)
