@@ -18,7 +18,11 @@ Beside it, River's ``reco.BiasedMF`` ``learn_one`` over the same ratings (pure P
 rating at a time, starting from an empty model), in ratings per second.
 
 The machine may be shared: every batch is timed separately and min / median / p95 are
-reported with the load average (``os.getloadavg``) before and after each store.
+reported with the load average (``os.getloadavg``) before and after each store. Each store's
+stream runs in full before the next store is built. ``--interleave`` builds every store first,
+then alternates their batches (A B, B A, ...): a change of the machine's speed during the run
+then reaches every store alike, but the stores also evict each other's data from the CPU
+caches (measured: both stores' p50 higher than in sequential runs of the same hour).
 
     .venv/bin/python benchmarks/streaming_step.py                 # 100k and 10M users
     .venv/bin/python benchmarks/streaming_step.py --quick         # smoke run, small sizes
@@ -163,30 +167,44 @@ def plan_batches(args) -> list[tuple[str, int, bool]]:
     return plan
 
 
-def run_store(n_users: int, args, log) -> dict:
-    root = Path(tempfile.mkdtemp(prefix=f"streaming_bench_{n_users}_", dir=args.workdir))
-    log(f"store: {n_users:,} users x {args.items:,} items, rank {args.rank} ({root})")
-    out = {"n_users": n_users, "n_items": args.items, "rank": args.rank, "load_before": load()}
-    try:
-        wh, setup = build_store(root, n_users, args.items, args.rank, args.seed, log)
-        out["setup"] = setup
-        plan = plan_batches(args)
-        total = sum(size for _, size, _ in plan)
+class StoreRun:
+    """One store's benchmark: `prepare` builds the store, ingests the stream and starts an
+    engine; `step` applies the stream's next batch and records it; `finish` times the tiered
+    compaction, runs River and summarises (`run_stores` calls them)."""
+
+    def __init__(self, n_users: int, args, log):
+        self.n_users, self.args, self.log = n_users, args, log
+        self.root = None
+        self.out = {"n_users": n_users, "n_items": args.items, "rank": args.rank, "load_before": load()}
+        self.plan = plan_batches(args)
+        self.next = 0
+        self.first_batch = None
+        self.engine = None
+        self.per_kind = defaultdict(lambda: {"latency_s": [], "cpu_s": [], "warmup_s": [], "phases": [],
+                                             "prequential_rmse": []})
+
+    def prepare(self) -> None:
+        args, log = self.args, self.log
+        self.root = Path(tempfile.mkdtemp(prefix=f"streaming_bench_{self.n_users}_", dir=args.workdir))
+        log(f"store: {self.n_users:,} users x {args.items:,} items, rank {args.rank} ({self.root})")
+        wh, setup = build_store(self.root, self.n_users, args.items, args.rank, args.seed, log)
+        self.wh, self.out["setup"] = wh, setup
+        total = sum(size for _, size, _ in self.plan)
         # plus one batch for after the tiered compaction at the end
-        stream = synthetic_ratings(total + args.small_size, n_users, args.items, rank=args.rank, seed=args.seed)
+        stream = synthetic_ratings(total + args.small_size, self.n_users, args.items, rank=args.rank, seed=args.seed)
         t0 = time.perf_counter()
-        start, slices = 0, []
-        for n, (kind, size, timed) in enumerate(plan):
+        start, self.slices = 0, []
+        for n, (kind, size, timed) in enumerate(self.plan):
             part = stream.slice(start, size)
             start += size
             ingest_table(wh, part, source=f"bench[{n}]", holdout=False)
-            slices.append(part)
+            self.slices.append(part)
         ingest_table(wh, stream.slice(start, args.small_size), source="bench[after compaction]", holdout=False)
-        log(f"  ingested {len(plan)} batches ({total:,} ratings) in {time.perf_counter() - t0:.1f} s")
-        out["stream_ratings"] = total
+        log(f"  ingested {len(self.plan)} batches ({total:,} ratings) in {time.perf_counter() - t0:.1f} s")
+        self.out["stream_ratings"] = total
 
-        engine = get_engine("duckdb", **({"threads": args.threads} if args.threads else {}))
-        phases = Phases()
+        self.engine = engine = get_engine("duckdb", **({"threads": args.threads} if args.threads else {}))
+        self.phases = phases = Phases()
         phases.wrap(wh, "batch_ratings", "read_batch")
         if hasattr(engine, "_stored_relation"):  # the engine's own reader (file cache)
             phases.wrap(engine, "_stored_relation", "read_factors")
@@ -194,69 +212,110 @@ def run_store(n_users: int, args, log) -> dict:
             phases.wrap(wh, "factor_rows", "read_factors")
         phases.wrap(engine, "step", "engine_step")
         phases.wrap(wh, "commit_factor_version", "commit")
-        spec = next(s for s in model_specs(wh) if s.model_id == MODEL_ID)
-        ledger = wh.ledger().to_pylist()
-        version = wh.current_version(MODEL_ID)
-        first_batch = None
-        per_kind = defaultdict(lambda: {"latency_s": [], "cpu_s": [], "warmup_s": [], "phases": [], "prequential_rmse": []})
-        gc.collect()
-        for (kind, size, timed), batch in zip(plan, ledger):
-            phases.take()
-            c0, t0 = time.process_time(), time.perf_counter()
-            done = apply_batch(wh, engine, spec, batch, CLIP, version=version + 1)
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-            version = done.version
-            if first_batch is None:
-                first_batch = elapsed  # the engine's cold start: its file cache loads the store
-            ph = phases.take()
-            ph["sql"] = ph.get("engine_step", 0.0) - ph.get("read_factors", 0.0)
-            ph["other"] = elapsed - ph.get("engine_step", 0.0) - ph.get("read_batch", 0.0) - ph.get("commit", 0.0)
-            rec = per_kind[kind]
-            rec["size"] = size
-            if timed:
-                rec["latency_s"].append(elapsed)
-                rec["cpu_s"].append(cpu)
-                rec["phases"].append(ph)
-                rec["n_rows_written"] = rec.get("n_rows_written", 0) + done.n_rows
-                if done.prequential_rmse is not None:
-                    rec["prequential_rmse"].append(done.prequential_rmse)
-            else:
-                rec["warmup_s"].append(elapsed)
-        out["tiered_compaction"] = {**tiered_compaction(wh, engine, spec, ledger[len(plan)], version),
-                                    "next_batch_ratings": args.small_size}
-        log(f"  tiered compaction of the stream's versions: {out['tiered_compaction']}")
-        cache = getattr(engine, "cache", None)
-        if cache is not None:
-            out["engine_cache"] = {"bytes": cache.nbytes, "hits": cache.hits, "misses": cache.misses,
-                                   "max_bytes": cache.max_bytes}
-        engine.close()
-        for kind, rec in per_kind.items():
-            if not rec["latency_s"]:  # warm-up only (e.g. --small-batches 0)
-                continue
-            lat = rec.pop("latency_s")
-            cpu = rec.pop("cpu_s")
-            rec["cpu"] = stats(cpu)
-            phases_list = rec.pop("phases")
-            rmses = rec.pop("prequential_rmse")
-            rec["latency"] = stats(lat)
-            rec["latency_s"] = [round(x, 5) for x in lat]
-            rec["warmup_s"] = [round(x, 5) for x in rec["warmup_s"]]
-            rec["ratings_per_s_at_p50"] = rec["size"] / rec["latency"]["p50"]
-            rec["ratings_per_s_overall"] = rec["size"] * len(lat) / sum(lat)
-            rec["rows_written_per_batch"] = rec.pop("n_rows_written", 0) / max(len(lat), 1)
-            keys = sorted({k for p in phases_list for k in p})
-            rec["phases_p50_s"] = {k: round(float(np.median([p.get(k, 0.0) for p in phases_list])), 5) for k in keys}
-            rec["prequential_rmse_mean"] = float(np.mean(rmses)) if rmses else None
-            out[kind] = rec
-        out["first_batch_s"] = round(first_batch, 4) if first_batch is not None else None
-        out["river"] = run_river(slices, plan, args) if not args.no_river else None
-    finally:
-        out["load_after"] = load()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        self.spec = next(s for s in model_specs(wh) if s.model_id == MODEL_ID)
+        self.ledger = wh.ledger().to_pylist()
+        self.version = wh.current_version(MODEL_ID)
+
+    def step(self) -> None:
+        """Apply the stream's next batch and record it."""
+        (kind, size, timed), batch = self.plan[self.next], self.ledger[self.next]
+        self.next += 1
+        self.phases.take()
+        c0, t0 = time.process_time(), time.perf_counter()
+        done = apply_batch(self.wh, self.engine, self.spec, batch, CLIP, version=self.version + 1)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.version = done.version
+        if self.first_batch is None:
+            self.first_batch = elapsed  # the engine's cold start: its file cache loads the store
+        ph = self.phases.take()
+        ph["sql"] = ph.get("engine_step", 0.0) - ph.get("read_factors", 0.0)
+        ph["other"] = elapsed - ph.get("engine_step", 0.0) - ph.get("read_batch", 0.0) - ph.get("commit", 0.0)
+        rec = self.per_kind[kind]
+        rec["size"] = size
+        if timed:
+            rec["latency_s"].append(elapsed)
+            rec["cpu_s"].append(cpu)
+            rec["phases"].append(ph)
+            rec["n_rows_written"] = rec.get("n_rows_written", 0) + done.n_rows
+            if done.prequential_rmse is not None:
+                rec["prequential_rmse"].append(done.prequential_rmse)
         else:
-            out["warehouse"] = str(root)
-    return out
+            rec["warmup_s"].append(elapsed)
+
+    def finish(self) -> dict:
+        """The tiered compaction, the summary, River; the warehouse removed (unless --keep)."""
+        out, engine = self.out, self.engine
+        try:
+            if engine is not None and self.next == len(self.plan):
+                out["tiered_compaction"] = {**tiered_compaction(self.wh, engine, self.spec, self.ledger[len(self.plan)],
+                                                                self.version),
+                                            "next_batch_ratings": self.args.small_size}
+                self.log(f"  tiered compaction of the {self.n_users:,}-user store's versions: {out['tiered_compaction']}")
+                cache = getattr(engine, "cache", None)
+                if cache is not None:
+                    out["engine_cache"] = {"bytes": cache.nbytes, "hits": cache.hits, "misses": cache.misses,
+                                           "max_bytes": cache.max_bytes}
+            if engine is not None:
+                engine.close()
+            for kind, rec in self.per_kind.items():
+                if not rec["latency_s"]:  # warm-up only (e.g. --small-batches 0)
+                    continue
+                out[kind] = summary(rec)
+            out["first_batch_s"] = round(self.first_batch, 4) if self.first_batch is not None else None
+            if self.engine is not None and not self.args.no_river:
+                out["river"] = run_river(self.slices, self.plan, self.args)
+        finally:
+            out["load_after"] = load()
+            if self.root is not None and not self.args.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
+            elif self.root is not None:
+                out["warehouse"] = str(self.root)
+        return out
+
+
+def summary(rec: dict) -> dict:
+    """One batch size's record: latency and CPU statistics, rates, phase medians."""
+    lat = rec.pop("latency_s")
+    rec["cpu"] = stats(rec.pop("cpu_s"))
+    phases_list = rec.pop("phases")
+    rmses = rec.pop("prequential_rmse")
+    rec["latency"] = stats(lat)
+    rec["latency_s"] = [round(x, 5) for x in lat]
+    rec["warmup_s"] = [round(x, 5) for x in rec["warmup_s"]]
+    rec["ratings_per_s_at_p50"] = rec["size"] / rec["latency"]["p50"]
+    rec["ratings_per_s_overall"] = rec["size"] * len(lat) / sum(lat)
+    rec["rows_written_per_batch"] = rec.pop("n_rows_written", 0) / max(len(lat), 1)
+    keys = sorted({k for p in phases_list for k in p})
+    rec["phases_p50_s"] = {k: round(float(np.median([p.get(k, 0.0) for p in phases_list])), 5) for k in keys}
+    rec["prequential_rmse_mean"] = float(np.mean(rmses)) if rmses else None
+    return rec
+
+
+def run_stores(args, log) -> list[dict]:
+    """Every store's run: one after the other, or with ``--interleave`` their batches
+    alternating (A B, B A, ...) once every store is built."""
+    runs = [StoreRun(n, args, log) for n in args.user_sizes]
+    if not args.interleave:
+        results = []
+        for run in runs:
+            try:
+                run.prepare()
+                for _ in run.plan:
+                    run.step()
+            finally:
+                results.append(run.finish())
+            gc.collect()
+        return results
+    try:
+        for run in runs:
+            run.prepare()
+        gc.collect()
+        for i in range(len(runs[0].plan) if runs else 0):
+            for run in (runs if i % 2 == 0 else runs[::-1]):
+                run.step()
+    finally:
+        results = [run.finish() for run in runs]
+    return results
 
 
 def tiered_compaction(wh: Warehouse, engine, spec, batch: dict, version: int) -> dict:
@@ -399,6 +458,8 @@ def parse_args(argv=None):
     p.add_argument("--no-river", action="store_true", help="skip the River comparison")
     p.add_argument("--workdir", default=None, help="where the temporary warehouses go (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the warehouses")
+    p.add_argument("--interleave", action="store_true",
+                   help="build every store first, then alternate their batches (default: one store after the other)")
     p.add_argument("--out", default=str(RESULTS), help="JSON results path (default %(default)s); '-' for none")
     args = p.parse_args(argv)
     if args.quick:
@@ -420,9 +481,7 @@ def main(argv=None) -> dict:
               "machine": machine(), "load_at_start": load(),
               "config": {k: v for k, v in vars(args).items() if k not in ("user_sizes",)},
               "model_params": DEFAULT_PARAMS.__dict__, "stores": []}
-    for n_users in args.user_sizes:
-        result["stores"].append(run_store(n_users, args, log))
-        gc.collect()
+    result["stores"] = run_stores(args, log)
     result["load_at_end"] = load()
     result["targets"] = targets(result["stores"], args)
     result["seconds_total"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
