@@ -175,7 +175,7 @@ class StoreRun:
     def __init__(self, n_users: int, args, log):
         self.n_users, self.args, self.log = n_users, args, log
         self.root = None
-        self.out = {"n_users": n_users, "n_items": args.items, "rank": args.rank, "load_before": load()}
+        self.out = {"n_users": n_users, "n_items": args.items, "rank": args.rank}
         self.plan = plan_batches(args)
         self.next = 0
         self.first_batch = None
@@ -185,6 +185,7 @@ class StoreRun:
 
     def prepare(self) -> None:
         args, log = self.args, self.log
+        self.out["load_before"] = load()
         self.root = Path(tempfile.mkdtemp(prefix=f"streaming_bench_{self.n_users}_", dir=args.workdir))
         log(f"store: {self.n_users:,} users x {args.items:,} items, rank {args.rank} ({self.root})")
         wh, setup = build_store(self.root, self.n_users, args.items, args.rank, args.seed, log)
