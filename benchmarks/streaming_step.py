@@ -247,23 +247,24 @@ class StoreRun:
         """The tiered compaction, the summary, River; the warehouse removed (unless --keep)."""
         out, engine = self.out, self.engine
         try:
-            if engine is not None and self.next == len(self.plan):
-                out["tiered_compaction"] = {**tiered_compaction(self.wh, engine, self.spec, self.ledger[len(self.plan)],
-                                                                self.version),
-                                            "next_batch_ratings": self.args.small_size}
-                self.log(f"  tiered compaction of the {self.n_users:,}-user store's versions: {out['tiered_compaction']}")
+            if engine is not None:
+                if self.next == len(self.plan):  # the whole stream ran
+                    out["tiered_compaction"] = {**tiered_compaction(self.wh, engine, self.spec,
+                                                                    self.ledger[len(self.plan)], self.version),
+                                                "next_batch_ratings": self.args.small_size}
+                    self.log(f"  tiered compaction of the {self.n_users:,}-user store's versions: "
+                             f"{out['tiered_compaction']}")
                 cache = getattr(engine, "cache", None)
                 if cache is not None:
                     out["engine_cache"] = {"bytes": cache.nbytes, "hits": cache.hits, "misses": cache.misses,
                                            "max_bytes": cache.max_bytes}
-            if engine is not None:
                 engine.close()
             for kind, rec in self.per_kind.items():
                 if not rec["latency_s"]:  # warm-up only (e.g. --small-batches 0)
                     continue
                 out[kind] = summary(rec)
             out["first_batch_s"] = round(self.first_batch, 4) if self.first_batch is not None else None
-            if self.engine is not None and not self.args.no_river:
+            if engine is not None and not self.args.no_river:
                 out["river"] = run_river(self.slices, self.plan, self.args)
         finally:
             out["load_after"] = load()
