@@ -495,6 +495,137 @@ def _newest_rows(entries: list[_CachedFile],
     return parts, one_per_key
 
 
+class LatestRowIndex:
+    """Where each key's latest row is among a model's live files: per side (user, item), the
+    file (its place in ``paths``) and the position of the key's latest row, two int32 arrays
+    over the side's id range (-1: no row). A step finds its keys' rows with two gathers per
+    side, O(batch) whatever the store's size and number of files: `_newest_rows` visits every
+    layer of files instead (measured on a 10M-user store, 100,000-rating batches: ~7 ms per
+    batch 12 versions after a compaction and ~13 ms 45 versions after, against ~2.5 ms here
+    plus ~2 ms to add the step's file).
+
+    It is built from the files (a compacted side is a range of consecutive ids: one slice per
+    file), extended by newer files (a step's version), and built again when a file goes (a
+    compaction, another writer's overwrite). It exists only where the newest layer holding a
+    key (`_version_layers`) holds it once, so that row is the key's latest, and where the ids
+    span at most ``SPAN_FACTOR`` times the rows (or ``MIN_SPAN``): surrogate ids, not hashed
+    ones. Otherwise `build` gives None and the engine searches the files. Memory: 8 bytes per
+    id of the range (80 MB for 10M users), besides the file cache."""
+
+    SPAN_FACTOR = 4
+    MIN_SPAN = 1 << 20
+
+    def __init__(self):
+        self.paths: list[str] = []
+        self.place: dict[str, int] = {}  # path: its place in paths
+        self.top: int | None = None  # the highest version indexed
+        self.lo = [0, 0]
+        self.file = [np.full(0, -1, np.int32), np.full(0, -1, np.int32)]
+        self.pos = [np.zeros(0, np.int32), np.zeros(0, np.int32)]
+        self.rows = [0, 0]  # rows indexed per side (at least its keys)
+
+    @classmethod
+    def build(cls, paths: list[str], entries: list[_CachedFile]) -> LatestRowIndex | None:
+        """The index of these files (``entries[k]`` decoded from ``paths[k]``), or None."""
+        index = cls()
+        return index if index.extend(paths, entries) else None
+
+    def extend(self, paths: list[str], entries: list[_CachedFile]) -> bool:
+        """Index these files, whose versions must all be above the indexed ones; False if they
+        are not, or if a layer holds a key twice (the index is then unusable: build anew)."""
+        layers = _version_layers(entries)
+        if len(self.paths) + len(paths) > np.iinfo(np.int32).max:
+            return False
+        if layers and self.top is not None and min(e.versions[0] for e in layers[-1]) <= self.top:
+            return False
+        for code in (0, 1):  # room for the files' ids (new users and items)
+            sides = [e for e in entries if e.bounds[code + 1] > e.bounds[code]]
+            if not sides:
+                continue
+            first = min(int(e.keys[e.bounds[code]]) for e in sides)
+            last = max(int(e.keys[e.bounds[code + 1] - 1]) for e in sides)
+            rows = self.rows[code] + sum(int(e.bounds[code + 1] - e.bounds[code]) for e in sides)
+            if len(self.file[code]):
+                first, last = min(first, self.lo[code]), max(last, self.lo[code] + len(self.file[code]) - 1)
+            if last - first + 1 > max(self.MIN_SPAN, self.SPAN_FACTOR * rows):
+                return False
+            self._grow(code, first, last)
+            self.rows[code] = rows
+        place = {id(entry): len(self.paths) + at for at, entry in enumerate(entries)}
+        self.paths += paths
+        self.place.update((path, place[id(entry)]) for path, entry in zip(paths, entries))
+        for layer in reversed(layers):  # oldest first: a newer layer's rows overwrite older ones
+            for code in (0, 1):
+                if not all(e.unique[code] for e in layer):
+                    return False
+                checked = len(layer) == 1 or _disjoint(layer, code)
+                mine = np.array([place[id(e)] for e in layer], dtype=np.int32)
+                for entry in layer:
+                    if not self._assign(code, place[id(entry)], entry, None if checked else mine):
+                        return False
+        if layers:
+            self.top = max(self.top if self.top is not None else layers[0][0].versions[1],
+                           max(e.versions[1] for e in layers[0]))
+        return True
+
+    def _assign(self, code: int, at: int, entry: _CachedFile, layer: np.ndarray | None) -> bool:
+        """Point the entry's keys of side ``code`` at its rows; with ``layer`` (the places of
+        the files of its layer, whose id ranges overlap) False if one of them holds a key too."""
+        start, stop = int(entry.bounds[code]), int(entry.bounds[code + 1])
+        if start == stop:
+            return True
+        if entry.dense[code]:  # consecutive ids: slices
+            where = slice(int(entry.keys[start]) - self.lo[code], int(entry.keys[stop - 1]) - self.lo[code] + 1)
+        else:
+            where = entry.keys[start:stop] - self.lo[code]
+        if layer is not None and np.isin(self.file[code][where], layer).any():
+            return False
+        self.file[code][where] = at
+        self.pos[code][where] = np.arange(start, stop, dtype=np.int32)
+        return True
+
+    def _grow(self, code: int, first: int, last: int) -> None:
+        """Make the side's arrays cover ids first..last (amortised: new ids arrive with most
+        batches, so the range grows by half at least)."""
+        lo, size = self.lo[code], len(self.file[code])
+        if size and first >= lo and last < lo + size:
+            return
+        span = last - first + 1
+        if size:
+            span = max(span, size + size // 2)
+            first = first if first < lo else lo  # grow upwards unless ids below the range came
+        for arrays, fill in ((self.file, -1), (self.pos, 0)):
+            grown = np.full(span, fill, dtype=np.int32)
+            if size:
+                grown[lo - first:lo - first + size] = arrays[code]
+            arrays[code] = grown
+        self.lo[code] = first
+
+    def newest_rows(self, entries: dict[str, _CachedFile],
+                    wanted: list[tuple[int, np.ndarray]]) -> list[tuple[_CachedFile, np.ndarray]]:
+        """(file, positions) of the latest rows of the wanted keys (side code, sorted distinct
+        ids), one row per key; ``entries``: the live files by path."""
+        parts = []
+        for code, ids in wanted:
+            lo, file = self.lo[code], self.file[code]
+            first, last = np.searchsorted(ids, (lo, lo + len(file)))
+            at = ids[first:last] - lo
+            where = file[at]
+            held = where >= 0
+            # int64 (numpy's index type): int32 positions would be converted by every take of `_gather`
+            where, rows = where[held], self.pos[code][at[held]].astype(np.int64)
+            if not len(where):
+                continue
+            # grouped by file; stable, so each file's positions stay in id order (its row order)
+            order = np.argsort(where.astype(np.int16) if len(self.paths) <= np.iinfo(np.int16).max else where,
+                               kind="stable")
+            where, rows = where[order], rows[order]
+            cuts = np.flatnonzero(where[1:] != where[:-1]) + 1
+            for start, stop in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(where)]))):
+                parts.append((entries[self.paths[where[start]]], rows[start:stop]))
+        return parts
+
+
 def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | None]:
     """A nullable numeric column as (values with ``fill`` for nulls, validity or None)."""
     array = column.chunk(0) if column.num_chunks else pa.array([], column.type)
@@ -662,6 +793,7 @@ class DuckDBEngine:
         self.cache = FactorFileCache(cache_bytes) if cache_bytes > 0 else None
         # model_id: the rows of its last step and their decoding (`_own_file`)
         self._stepped: dict[str, tuple[pa.Table, Future]] = {}
+        self._indexes: dict[str, LatestRowIndex] = {}  # model_id: where its keys' latest rows are
         # Decodes a step's rows while the caller checks and commits them: delta-rs writes the
         # file without the GIL, so the decode is off the critical path (measured on a 10M-user
         # store's 62k new rows: commit 42 ms + decode 26 ms one after the other, 49 ms at once).
@@ -713,7 +845,12 @@ class DuckDBEngine:
                 return None
             entries.append(entry)
         sides = ((0, user_ids), (1, item_ids))
-        parts, one_per_key = _newest_rows(entries, [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None])
+        wanted = [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None]
+        index = self._latest_index(model_id, paths, entries)
+        if index is not None:
+            parts, one_per_key = index.newest_rows(dict(zip(paths, entries)), wanted), True
+        else:
+            parts, one_per_key = _newest_rows(entries, wanted)
         for code in [code for code, ids in sides if ids is None]:  # every key of that side
             parts += [(e, np.arange(e.bounds[code], e.bounds[code + 1])) for e in entries if e.bounds[code + 1] > e.bounds[code]]
             one_per_key = False
@@ -725,6 +862,21 @@ class DuckDBEngine:
         if latest is not None:
             parts.append((latest[1], np.array([latest[2]], dtype=np.int64)))
         return _gather(parts), one_per_key
+
+    def _latest_index(self, model_id: str, paths: list[str], entries: list[_CachedFile]) -> LatestRowIndex | None:
+        """The model's `LatestRowIndex` for these live files: the last one, extended by the
+        files added since (a step's), or built afresh when files went (or None)."""
+        index = self._indexes.get(model_id)
+        if index is not None and index.place.keys() <= set(paths):
+            new = [(p, e) for p, e in zip(paths, entries) if p not in index.place]
+            if not new or index.extend([p for p, _ in new], [e for _, e in new]):
+                return index
+        index = LatestRowIndex.build(paths, entries)
+        if index is None:
+            self._indexes.pop(model_id, None)
+        else:
+            self._indexes[model_id] = index
+        return index
 
     def _own_file(self, warehouse, dt, model_id: str, paths: list[str]) -> tuple[str, Future] | None:
         """(path, its rows being decoded) of the file the model's last step here was committed
@@ -817,6 +969,7 @@ class DuckDBEngine:
     def close(self) -> None:
         self._decoder.shutdown(wait=True)
         self._stepped.clear()
+        self._indexes.clear()
         if getattr(self._local, "cursor", None) is not None:
             self._local.prepared.close()
             self._local.cursor.close()

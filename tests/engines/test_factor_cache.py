@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from als_core.engines.duckdb_engine import STORED_SCHEMA, DuckDBEngine, _CachedFile, _newest_rows, _sorted_ids
+from als_core.engines.duckdb_engine import (STORED_SCHEMA, DuckDBEngine, LatestRowIndex, _CachedFile, _newest_rows,
+                                          _sorted_ids)
 from als_core.pipeline.apply import apply_pending
 from als_core.pipeline.ingest import ingest_table
 from als_core.pipeline.models import DEFAULT_PARAMS, create_model
@@ -163,3 +164,91 @@ def test_a_steps_own_file_is_taken_from_its_rows_not_read_back(warehouse, shippe
     assert is_key(cached).sort_by(key).equals(is_key(stored).select(cached.column_names).cast(cached.schema).sort_by(key))
     engine.close()
     other.close()
+
+
+def indexed_rows(index: LatestRowIndex, entries: dict, wanted: np.ndarray) -> dict[tuple[int, int], int]:
+    """{(side code, id): version} of the rows the index gives for ``wanted``, each key once."""
+    got: dict[tuple[int, int], int] = {}
+    for entry, rows in index.newest_rows(entries, [(0, wanted), (1, wanted)]):
+        assert np.all(np.diff(rows) > 0)  # in the file's row order
+        for at in rows:
+            key = (int(entry.codes[at]), int(entry.keys[at]))
+            assert key not in got
+            got[key] = int(entry.version[at])
+    return got
+
+
+def latest_versions(files: list[_CachedFile], wanted: np.ndarray) -> dict[tuple[int, int], int]:
+    latest: dict[tuple[int, int], int] = {}
+    for entry in files:
+        for code, key, version in zip(entry.codes, entry.keys, entry.version):
+            if code < 2 and key in set(wanted.tolist()):
+                latest[(int(code), int(key))] = max(latest.get((int(code), int(key)), -1), int(version))
+    return latest
+
+
+one_row_per_key = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 40)), max_size=30, unique=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.lists(one_row_per_key, min_size=1, max_size=3), newer=st.lists(one_row_per_key, max_size=4),
+       wanted=st.lists(st.integers(-3, 45), max_size=40))
+def test_latest_row_index_gives_every_keys_latest_row(base, newer, wanted):
+    """An index built from a layer of files (all version 1, no key in two of them), then
+    extended by newer files one version each (new ids beyond and below the range): for every
+    wanted key it gives the key's latest row, once, and nothing of keys not wanted; extended
+    or built afresh from all files, the same rows."""
+    ids = _sorted_ids(np.array(wanted, dtype=np.int64))
+    owner = {}  # a key belongs to one base file, so the base layer holds it once (id ranges may overlap)
+    for k, rows in enumerate(base):
+        for key in rows:
+            owner.setdefault(key, k)
+    files = [versioned_file([(s, i, 1) for s, i in rows if owner[(s, i)] == k]) for k, rows in enumerate(base)]
+    paths = [f"base-{k}" for k in range(len(files))]
+    index = LatestRowIndex.build(paths, files)
+    assert index is not None
+    for k, rows in enumerate(newer):
+        entry = versioned_file([(s, i + 10 * k - 5, 2 + k) for s, i in rows])
+        assert index.extend([f"v{k}"], [entry])
+        files.append(entry)
+        paths.append(f"v{k}")
+    entries = dict(zip(paths, files))
+    expected = latest_versions(files, ids)
+    assert indexed_rows(index, entries, ids) == expected
+    assert indexed_rows(LatestRowIndex.build(paths, files), entries, ids) == expected
+
+
+def test_latest_row_index_refuses_what_it_cannot_tell():
+    """A key twice in one layer (two files of the same version), ids spread too wide, and an
+    older file added later: no index (the engine searches the files instead)."""
+    assert LatestRowIndex.build(["a", "b"], [versioned_file([(0, 5, 1)]), versioned_file([(0, 5, 1)])]) is None
+    assert LatestRowIndex.build(["a", "b"], [versioned_file([(0, 4, 1), (0, 6, 1)]),
+                                             versioned_file([(0, 5, 1), (0, 6, 1)])]) is None
+    wide = versioned_file([(0, 1, 1), (0, 10 * LatestRowIndex.MIN_SPAN, 1)])
+    assert LatestRowIndex.build(["a"], [wide]) is None
+    index = LatestRowIndex.build(["a"], [versioned_file([(0, 5, 3)])])
+    assert not index.extend(["b"], [versioned_file([(0, 5, 2)])])
+
+
+@pytest.mark.slow
+def test_the_engine_keeps_its_index_current(warehouse, shipped):
+    """Steps extend the model's index; a compaction (files gone) makes the engine build it
+    again; every step's stored rows equal the store reader's latest rows of the batch's keys."""
+    engine = DuckDBEngine()
+    create_model(warehouse, "m", DEFAULT_PARAMS)
+    indexes = []
+    for k in range(6):
+        ingest_table(warehouse, shipped.slice(k * 900, 900), source=f"b{k}", holdout=False)
+        apply_pending(warehouse, engine, evaluate_every=0, compact_every=0)
+        indexes.append(engine._indexes["m"])
+        if k == 3:
+            compact_factors(warehouse, "m")
+        batch = shipped.slice(6000 + 500 * k, 500)
+        users, items = batch["user_id"].to_numpy(), batch["item_id"].to_numpy()
+        cached = engine.stored_factor_rows(warehouse, "m", users, items)
+        stored = latest_rows(warehouse.factor_rows("m", users, items))
+        key = [("side", "ascending"), ("id", "ascending")]
+        assert cached.sort_by(key).equals(stored.select(cached.column_names).cast(cached.schema).sort_by(key))
+    assert indexes[1] is indexes[0] and indexes[3] is indexes[2]  # extended in place
+    assert indexes[4] is not indexes[3]  # built again after the compaction
+    assert len(engine._indexes["m"].paths) == len(warehouse.local_file_paths("factors", warehouse.table("factors")))
