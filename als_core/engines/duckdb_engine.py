@@ -295,10 +295,14 @@ class _CachedFile:
 
     Vectors of one length (the model's rank) are kept as one 2-d float32 array; a file whose
     vectors have different lengths (a wrong-rank write the step must see, and refuse, as it
-    is) or null components keeps its Arrow list column instead."""
+    is) or null components keeps its Arrow list column instead. With vectors of one length,
+    a row's version, n, bias and vector are one record of ``records`` (64 bytes at rank 10),
+    and ``version``, ``n``, ``bias`` and ``vectors`` are views of its fields: `_gather` then
+    reads a row of a big file with one random access instead of four (10M-user store, 62k
+    rows of a 100,000-rating step: ~2 ms less)."""
 
     __slots__ = ("codes", "keys", "bounds", "unique", "dense", "version", "versions", "n", "n_valid", "bias",
-                 "bias_valid", "vectors", "vector_valid", "vector_list", "nbytes")
+                 "bias_valid", "vectors", "vector_valid", "all_vectors_valid", "vector_list", "records", "nbytes")
 
     def __init__(self, table: pa.Table):
         table = table.combine_chunks()
@@ -332,6 +336,13 @@ class _CachedFile:
                 dense = np.take(dense, order, axis=0)
             else:
                 vector = vector.take(pa.array(order))
+        self.records = None
+        if dense is not None and dense.shape[1] > 0:
+            records = np.empty(len(ids), dtype=[("version", np.int64), ("n", np.int64), ("bias", np.float64),
+                                                ("vector", np.float32, (dense.shape[1],))])
+            records["version"], records["n"], records["bias"], records["vector"] = version, n, bias, dense
+            self.records = records
+            version, n, bias, dense = (records[field] for field in ("version", "n", "bias", "vector"))
         self.codes, self.keys, self.version = codes, ids, version
         self.n, self.n_valid, self.bias, self.bias_valid = n, n_valid, bias, bias_valid
         self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
@@ -341,11 +352,14 @@ class _CachedFile:
         # surrogate ids): an id's row is found by subtraction, not by binary search
         self.dense = [bool(u and hi > lo and ids[hi - 1] - ids[lo] == hi - lo - 1)
                       for u, lo, hi in zip(self.unique, self.bounds[:-1], self.bounds[1:])]
-        self.vector_valid, self.vectors = valid, dense
+        self.vector_valid, self.vectors, self.all_vectors_valid = valid, dense, bool(valid.all())
         self.vector_list = vector if dense is None else None  # lengths differ, or null components: kept as they are
-        self.nbytes = sum(a.nbytes for a in (self.codes, self.keys, self.bounds, self.version, self.n, self.bias,
-                                             self.vector_valid) if a is not None)
-        self.nbytes += self.vectors.nbytes if self.vectors is not None else vector.nbytes
+        columns = (self.codes, self.keys, self.bounds, self.vector_valid, self.n_valid, self.bias_valid)
+        if self.records is not None:
+            columns += (self.records,)
+        else:
+            columns += (self.version, self.n, self.bias, self.vectors if self.vectors is not None else vector)
+        self.nbytes = sum(a.nbytes for a in columns if a is not None)
 
     def lookup(self, code: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions of the rows of side ``code`` whose id is in ``ids`` (sorted, unique),
@@ -497,12 +511,12 @@ def _newest_rows(entries: list[_CachedFile],
 
 class LatestRowIndex:
     """Where each key's latest row is among a model's live files: per side (user, item), the
-    file (its place in ``paths``) and the position of the key's latest row, two int32 arrays
-    over the side's id range (-1: no row). A step finds its keys' rows with two gathers per
-    side, O(batch) whatever the store's size and number of files: `_newest_rows` visits every
-    layer of files instead (measured on a 10M-user store, 100,000-rating batches: ~7 ms per
-    batch 12 versions after a compaction and ~13 ms 45 versions after, against ~2.5 ms here
-    plus ~2 ms to add the step's file).
+    file (its place in ``paths``) and the position of the key's latest row, packed in one
+    int64 per id of the side's range (``place << 32 | position``, -1: no row). A step finds
+    its keys' rows with one gather per side, O(batch) whatever the store's size and number of
+    files: `_newest_rows` visits every layer of files instead (measured on a 10M-user store,
+    100,000-rating batches: ~7 ms per batch 12 versions after a compaction and ~13 ms 45
+    versions after, against ~2.5 ms here plus ~2 ms to add the step's file).
 
     It is built from the files (a compacted side is a range of consecutive ids: one slice per
     file), extended by newer files (a step's version), and built again when a file goes (a
@@ -520,8 +534,7 @@ class LatestRowIndex:
         self.place: dict[str, int] = {}  # path: its place in paths
         self.top: int | None = None  # the highest version indexed
         self.lo = [0, 0]
-        self.file = [np.full(0, -1, np.int32), np.full(0, -1, np.int32)]
-        self.pos = [np.zeros(0, np.int32), np.zeros(0, np.int32)]
+        self.where = [np.full(0, -1, np.int64), np.full(0, -1, np.int64)]  # per side, by id - lo
         self.rows = [0, 0]  # rows indexed per side (at least its keys)
 
     @classmethod
@@ -534,7 +547,7 @@ class LatestRowIndex:
         """Index these files, whose versions must all be above the indexed ones; False if they
         are not, or if a layer holds a key twice (the index is then unusable: build anew)."""
         layers = _version_layers(entries)
-        if len(self.paths) + len(paths) > np.iinfo(np.int32).max:
+        if len(self.paths) + len(paths) > np.iinfo(np.int16).max:  # see newest_rows
             return False
         if layers and self.top is not None and min(e.versions[0] for e in layers[-1]) <= self.top:
             return False
@@ -545,8 +558,8 @@ class LatestRowIndex:
             first = min(int(e.keys[e.bounds[code]]) for e in sides)
             last = max(int(e.keys[e.bounds[code + 1] - 1]) for e in sides)
             rows = self.rows[code] + sum(int(e.bounds[code + 1] - e.bounds[code]) for e in sides)
-            if len(self.file[code]):
-                first, last = min(first, self.lo[code]), max(last, self.lo[code] + len(self.file[code]) - 1)
+            if len(self.where[code]):
+                first, last = min(first, self.lo[code]), max(last, self.lo[code] + len(self.where[code]) - 1)
             if last - first + 1 > max(self.MIN_SPAN, self.SPAN_FACTOR * rows):
                 return False
             self._grow(code, first, last)
@@ -578,53 +591,53 @@ class LatestRowIndex:
             where = slice(int(entry.keys[start]) - self.lo[code], int(entry.keys[stop - 1]) - self.lo[code] + 1)
         else:
             where = entry.keys[start:stop] - self.lo[code]
-        if layer is not None and np.isin(self.file[code][where], layer).any():
+        if layer is not None and np.isin(self.where[code][where] >> 32, layer).any():
             return False
-        self.file[code][where] = at
-        self.pos[code][where] = np.arange(start, stop, dtype=np.int32)
+        self.where[code][where] = np.arange((at << 32) + start, (at << 32) + stop, dtype=np.int64)
         return True
 
     def _grow(self, code: int, first: int, last: int) -> None:
         """Make the side's arrays cover ids first..last (amortised: new ids arrive with most
         batches, so the range grows by half at least)."""
-        lo, size = self.lo[code], len(self.file[code])
+        lo, size = self.lo[code], len(self.where[code])
         if size and first >= lo and last < lo + size:
             return
         span = last - first + 1
         if size:
             span = max(span, size + size // 2)
             first = first if first < lo else lo  # grow upwards unless ids below the range came
-        for arrays, fill in ((self.file, -1), (self.pos, 0)):
-            grown = np.full(span, fill, dtype=np.int32)
-            if size:
-                grown[lo - first:lo - first + size] = arrays[code]
-            arrays[code] = grown
-        self.lo[code] = first
+        grown = np.full(span, -1, dtype=np.int64)
+        if size:
+            grown[lo - first:lo - first + size] = self.where[code]
+        self.where[code], self.lo[code] = grown, first
 
-    def newest_rows(self, entries: dict[str, _CachedFile],
-                    wanted: list[tuple[int, np.ndarray]]) -> list[tuple[_CachedFile, np.ndarray]]:
+    def newest_rows(self, entries: dict[str, _CachedFile], wanted: list[tuple[int, np.ndarray]]
+                    ) -> tuple[list[tuple[_CachedFile, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
         """(file, positions) of the latest rows of the wanted keys (side code, sorted distinct
-        ids), one row per key; ``entries``: the live files by path."""
-        parts = []
+        ids), one row per key, and those keys' (side codes, ids) in the same order (`_gather`
+        need not read them); ``entries``: the live files by path."""
+        parts, codes, found = [], [], []
         for code, ids in wanted:
-            lo, file = self.lo[code], self.file[code]
-            first, last = np.searchsorted(ids, (lo, lo + len(file)))
-            at = ids[first:last] - lo
-            where = file[at]
+            lo, where = self.lo[code], self.where[code]
+            first, last = np.searchsorted(ids, (lo, lo + len(where)))
+            ids = ids[first:last]
+            where = where[ids - lo]
             held = where >= 0
-            # int64 (numpy's index type): int32 positions would be converted by every take of `_gather`
-            where, rows = where[held], self.pos[code][at[held]].astype(np.int64)
+            ids, where = ids[held], where[held]
             if not len(where):
                 continue
-            # grouped by file; stable, so each file's positions stay in id order (its row order)
-            order = np.argsort(where.astype(np.int16) if len(self.paths) <= np.iinfo(np.int16).max else where,
-                               kind="stable")
-            where, rows = where[order], rows[order]
-            cuts = np.flatnonzero(where[1:] != where[:-1]) + 1
-            for start, stop in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(where)]))):
-                parts.append((entries[self.paths[where[start]]], rows[start:stop]))
-        return parts
-
+            # grouped by file (a radix sort of int16 places); stable, so each file's positions
+            # stay in id order, which is its row order
+            place = (where >> 32).astype(np.int16)
+            order = np.argsort(place, kind="stable")
+            place, ids = place[order], ids[order]
+            rows = where[order] & 0xFFFFFFFF
+            cuts = np.flatnonzero(place[1:] != place[:-1]) + 1
+            for start, stop in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(place)]))):
+                parts.append((entries[self.paths[place[start]]], rows[start:stop]))
+            found.append(ids)
+            codes.append(np.full(len(ids), code, dtype=np.int8))
+        return parts, (_cat(codes, np.int8), _cat(found, np.int64))
 
 def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | None]:
     """A nullable numeric column as (values with ``fill`` for nulls, validity or None)."""
@@ -634,35 +647,48 @@ def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | Non
     return array.fill_null(fill).to_numpy(zero_copy_only=False), array.is_valid().to_numpy(zero_copy_only=False)
 
 
-def _gather(parts: list[tuple[_CachedFile, np.ndarray]]) -> pa.Table:
-    """The rows at the given positions of each cached file, as one STORED_SCHEMA table."""
-    def cat(arrays, dtype):
-        return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
-    def nullable(values_of, valid_of, dtype):
-        values = cat([values_of(e)[r] for e, r in parts], dtype)
+
+def _gather(parts: list[tuple[_CachedFile, np.ndarray]], keys: tuple[np.ndarray, np.ndarray] | None = None) -> pa.Table:
+    """The rows at the given positions of each cached file, as one STORED_SCHEMA table;
+    ``keys``: their (side codes, ids) when the caller knows them (each a random read of the
+    file's arrays otherwise: ~1.5 ms for 62k rows of a 10M-user store)."""
+    cat = _cat
+
+    def nullable(values, valid_of):
         if all(valid_of(e) is None for e, _ in parts):
             return pa.array(values)
         valid = cat([valid_of(e)[r] if valid_of(e) is not None else np.ones(len(r), bool) for e, r in parts], bool)
         return pa.array(values, mask=~valid)
 
-    side = pa.array(_SIDES).take(pa.array(cat([e.codes[r] for e, r in parts], np.int8)))
-    ids = pa.array(cat([e.keys[r] for e, r in parts], np.int64))
-    version = pa.array(cat([e.version[r] for e, r in parts], np.int64))
-    n = nullable(lambda e: e.n, lambda e: e.n_valid, np.int64)
-    bias = nullable(lambda e: e.bias, lambda e: e.bias_valid, np.float64)
+    if keys is None:
+        keys = cat([e.codes[r] for e, r in parts], np.int8), cat([e.keys[r] for e, r in parts], np.int64)
+    side, ids = pa.array(_SIDES).take(pa.array(keys[0])), pa.array(keys[1])
+    records = {e.records.dtype if e.records is not None else None for e, r in parts if len(r)}
+    dense = None
+    if len(records) == 1 and None not in records:  # one take per file of whole records
+        taken = np.concatenate([np.take(e.records, r) for e, r in parts if len(r)])
+        version, n, bias = (np.ascontiguousarray(taken[field]) for field in ("version", "n", "bias"))
+        dense = taken["vector"]
+    else:
+        version, n, bias = (cat([getattr(e, field)[r] for e, r in parts], dtype)
+                            for field, dtype in (("version", np.int64), ("n", np.int64), ("bias", np.float64)))
+    version, n, bias = pa.array(version), nullable(n, lambda e: e.n_valid), nullable(bias, lambda e: e.bias_valid)
     ranks = {e.vectors.shape[1] if e.vectors is not None else -1 for e, r in parts if len(r)}
     if len(ranks) <= 1 and -1 not in ranks:
         rank = ranks.pop() if ranks else 0
-        valid = cat([e.vector_valid[r] for e, r in parts], bool)
-        # np.take, not e.vectors[r]: numpy's fancy indexing of a 2-d array copies row by row
-        # (60k rows of a 10M-row file: ~9 ms against ~2 ms)
-        taken = [np.take(e.vectors, r, axis=0) for e, r in parts if len(r)]
-        dense = np.concatenate(taken) if taken else np.zeros((0, rank), np.float32)
+        valid = cat([np.ones(len(r), bool) if e.all_vectors_valid else e.vector_valid[r] for e, r in parts], bool)
+        if dense is None:
+            # np.take, not e.vectors[r]: numpy's fancy indexing of a 2-d array copies row by row
+            # (60k rows of a 10M-row file: ~9 ms against ~2 ms)
+            taken = [np.take(e.vectors, r, axis=0) for e, r in parts if len(r)]
+            dense = np.concatenate(taken) if taken else np.zeros((0, rank), np.float32)
         offsets = np.zeros(len(valid) + 1, dtype=np.int32)
         np.cumsum(valid * rank, out=offsets[1:])
         values = dense if valid.all() else dense[valid]
-        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)),
+        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(values).reshape(-1)),
                                           type=STORED_SCHEMA.field("vector").type, mask=pa.array(~valid))
     else:  # vectors of different lengths: Arrow takes, per file
         pieces = []
@@ -847,13 +873,14 @@ class DuckDBEngine:
         sides = ((0, user_ids), (1, item_ids))
         wanted = [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None]
         index = self._latest_index(model_id, paths, entries)
+        keys = None  # (side codes, ids) of parts' rows, when known
         if index is not None:
-            parts, one_per_key = index.newest_rows(dict(zip(paths, entries)), wanted), True
+            (parts, keys), one_per_key = index.newest_rows(dict(zip(paths, entries)), wanted), True
         else:
             parts, one_per_key = _newest_rows(entries, wanted)
         for code in [code for code, ids in sides if ids is None]:  # every key of that side
             parts += [(e, np.arange(e.bounds[code], e.bounds[code + 1])) for e in entries if e.bounds[code + 1] > e.bounds[code]]
-            one_per_key = False
+            one_per_key, keys = False, None
         latest = None
         for entry in entries:
             glob = entry.latest_global()
@@ -861,7 +888,9 @@ class DuckDBEngine:
                 latest = (glob[0], entry, glob[1])
         if latest is not None:
             parts.append((latest[1], np.array([latest[2]], dtype=np.int64)))
-        return _gather(parts), one_per_key
+            if keys is not None:
+                keys = np.append(keys[0], np.int8(2)), np.append(keys[1], latest[1].keys[latest[2]])
+        return _gather(parts, keys), one_per_key
 
     def _latest_index(self, model_id: str, paths: list[str], entries: list[_CachedFile]) -> LatestRowIndex | None:
         """The model's `LatestRowIndex` for these live files: the last one, extended by the

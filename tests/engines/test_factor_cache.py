@@ -167,9 +167,16 @@ def test_a_steps_own_file_is_taken_from_its_rows_not_read_back(warehouse, shippe
 
 
 def indexed_rows(index: LatestRowIndex, entries: dict, wanted: np.ndarray) -> dict[tuple[int, int], int]:
-    """{(side code, id): version} of the rows the index gives for ``wanted``, each key once."""
+    """{(side code, id): version} of the rows the index gives for ``wanted``, each key once; the
+    (side codes, ids) it gives beside them are those of the rows."""
     got: dict[tuple[int, int], int] = {}
-    for entry, rows in index.newest_rows(entries, [(0, wanted), (1, wanted)]):
+    parts, (codes, ids) = index.newest_rows(entries, [(0, wanted), (1, wanted)])
+    assert len(codes) == len(ids) == sum(len(rows) for _, rows in parts)
+    start = 0
+    for entry, rows in parts:
+        np.testing.assert_array_equal(codes[start:start + len(rows)], entry.codes[rows])
+        np.testing.assert_array_equal(ids[start:start + len(rows)], entry.keys[rows])
+        start += len(rows)
         assert np.all(np.diff(rows) > 0)  # in the file's row order
         for at in rows:
             key = (int(entry.codes[at]), int(entry.keys[at]))
