@@ -23,14 +23,15 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   live comes from the Delta snapshot at every step, so a commit, a compaction or a rollback
   by anyone is seen at once; only files never seen before are read (the last commit's small
   file, which the engine decodes from the step's own rows on a worker thread while the
-  caller commits them; the whole store once per process and after each compaction). Finding a batch's
-  rows costs a gather or a binary search per live file (`_WantedIds`): O(batch x log n) at
-  most, whatever the store's size. The step receives the stored rows of the batch's keys
-  from the newest files holding them (`_newest_rows`) and the model's latest global row
-  (older rows cannot change its result: it keeps the latest row per key); when that is one
-  row per key they are passed as ``latest_factors`` and the step's latest-row join
-  (sql/step/00) is skipped. Object stores, time travel and files the cache cannot hold use
-  `Warehouse.factor_rows`.
+  caller commits them; the whole store once per process and after each compaction). The step
+  receives each of the batch's keys' latest stored row and the model's latest global row
+  (older rows cannot change its result: it keeps the latest row per key). A per-model index
+  (`LatestRowIndex`: id -> newest file and row, per side, extended by each step's file)
+  finds them with one gather per side, O(batch) whatever the store's size and the versions
+  since the last compaction; stores it cannot index (hashed ids, a key twice in a layer)
+  search the files, newest layer first (`_newest_rows`). When the rows are one per key they are passed as
+  ``latest_factors`` and the step's latest-row join (sql/step/00) is skipped. Object
+  stores, time travel and files the cache cannot hold use `Warehouse.factor_rows`.
 """
 
 from __future__ import annotations
@@ -295,14 +296,14 @@ class _CachedFile:
 
     Vectors of one length (the model's rank) are kept as one 2-d float32 array; a file whose
     vectors have different lengths (a wrong-rank write the step must see, and refuse, as it
-    is) or null components keeps its Arrow list column instead. With vectors of one length,
-    a row's version, n, bias and vector are one record of ``records`` (64 bytes at rank 10),
-    and ``version``, ``n``, ``bias`` and ``vectors`` are views of its fields: `_gather` then
-    reads a row of a big file with one random access instead of four (10M-user store, 62k
-    rows of a 100,000-rating step: ~2 ms less)."""
+    is) or null components keeps its Arrow list column instead. (Tried and dropped: a row's
+    version, n, bias and vector as one 64-byte record, so that `_gather` reads a row with one
+    random access instead of four: ~2 ms less per 100,000-rating step on a 10M-user store, but
+    interleaving the columns made decoding a 1.67M-row file 110-450 ms instead of ~35, ~1 s
+    more for every cold read of that store.)"""
 
     __slots__ = ("codes", "keys", "bounds", "unique", "dense", "version", "versions", "n", "n_valid", "bias",
-                 "bias_valid", "vectors", "vector_valid", "all_vectors_valid", "vector_list", "records", "nbytes")
+                 "bias_valid", "vectors", "vector_valid", "all_vectors_valid", "vector_list", "nbytes")
 
     def __init__(self, table: pa.Table):
         table = table.combine_chunks()
@@ -336,13 +337,6 @@ class _CachedFile:
                 dense = np.take(dense, order, axis=0)
             else:
                 vector = vector.take(pa.array(order))
-        self.records = None
-        if dense is not None and dense.shape[1] > 0:
-            records = np.empty(len(ids), dtype=[("version", np.int64), ("n", np.int64), ("bias", np.float64),
-                                                ("vector", np.float32, (dense.shape[1],))])
-            records["version"], records["n"], records["bias"], records["vector"] = version, n, bias, dense
-            self.records = records
-            version, n, bias, dense = (records[field] for field in ("version", "n", "bias", "vector"))
         self.codes, self.keys, self.version = codes, ids, version
         self.n, self.n_valid, self.bias, self.bias_valid = n, n_valid, bias, bias_valid
         self.bounds = np.searchsorted(codes, np.arange(len(_SIDES) + 1))
@@ -354,12 +348,9 @@ class _CachedFile:
                       for u, lo, hi in zip(self.unique, self.bounds[:-1], self.bounds[1:])]
         self.vector_valid, self.vectors, self.all_vectors_valid = valid, dense, bool(valid.all())
         self.vector_list = vector if dense is None else None  # lengths differ, or null components: kept as they are
-        columns = (self.codes, self.keys, self.bounds, self.vector_valid, self.n_valid, self.bias_valid)
-        if self.records is not None:
-            columns += (self.records,)
-        else:
-            columns += (self.version, self.n, self.bias, self.vectors if self.vectors is not None else vector)
-        self.nbytes = sum(a.nbytes for a in columns if a is not None)
+        self.nbytes = sum(a.nbytes for a in (self.codes, self.keys, self.bounds, self.version, self.n, self.bias,
+                                             self.vector_valid, self.n_valid, self.bias_valid) if a is not None)
+        self.nbytes += self.vectors.nbytes if self.vectors is not None else vector.nbytes
 
     def lookup(self, code: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions of the rows of side ``code`` whose id is in ``ids`` (sorted, unique),
@@ -666,29 +657,21 @@ def _gather(parts: list[tuple[_CachedFile, np.ndarray]], keys: tuple[np.ndarray,
     if keys is None:
         keys = cat([e.codes[r] for e, r in parts], np.int8), cat([e.keys[r] for e, r in parts], np.int64)
     side, ids = pa.array(_SIDES).take(pa.array(keys[0])), pa.array(keys[1])
-    records = {e.records.dtype if e.records is not None else None for e, r in parts if len(r)}
-    dense = None
-    if len(records) == 1 and None not in records:  # one take per file of whole records
-        taken = np.concatenate([np.take(e.records, r) for e, r in parts if len(r)])
-        version, n, bias = (np.ascontiguousarray(taken[field]) for field in ("version", "n", "bias"))
-        dense = taken["vector"]
-    else:
-        version, n, bias = (cat([getattr(e, field)[r] for e, r in parts], dtype)
-                            for field, dtype in (("version", np.int64), ("n", np.int64), ("bias", np.float64)))
+    version, n, bias = (cat([getattr(e, field)[r] for e, r in parts], dtype)
+                        for field, dtype in (("version", np.int64), ("n", np.int64), ("bias", np.float64)))
     version, n, bias = pa.array(version), nullable(n, lambda e: e.n_valid), nullable(bias, lambda e: e.bias_valid)
     ranks = {e.vectors.shape[1] if e.vectors is not None else -1 for e, r in parts if len(r)}
     if len(ranks) <= 1 and -1 not in ranks:
         rank = ranks.pop() if ranks else 0
         valid = cat([np.ones(len(r), bool) if e.all_vectors_valid else e.vector_valid[r] for e, r in parts], bool)
-        if dense is None:
-            # np.take, not e.vectors[r]: numpy's fancy indexing of a 2-d array copies row by row
-            # (60k rows of a 10M-row file: ~9 ms against ~2 ms)
-            taken = [np.take(e.vectors, r, axis=0) for e, r in parts if len(r)]
-            dense = np.concatenate(taken) if taken else np.zeros((0, rank), np.float32)
+        # np.take, not e.vectors[r]: numpy's fancy indexing of a 2-d array copies row by row
+        # (60k rows of a 10M-row file: ~9 ms against ~2 ms)
+        taken = [np.take(e.vectors, r, axis=0) for e, r in parts if len(r)]
+        dense = np.concatenate(taken) if taken else np.zeros((0, rank), np.float32)
         offsets = np.zeros(len(valid) + 1, dtype=np.int32)
         np.cumsum(valid * rank, out=offsets[1:])
         values = dense if valid.all() else dense[valid]
-        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(values).reshape(-1)),
+        vector = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)),
                                           type=STORED_SCHEMA.field("vector").type, mask=pa.array(~valid))
     else:  # vectors of different lengths: Arrow takes, per file
         pieces = []
