@@ -803,6 +803,7 @@ class DuckDBEngine:
         # model_id: the rows of its last step and their decoding (`_own_file`)
         self._stepped: dict[str, tuple[pa.Table, Future]] = {}
         self._indexes: dict[str, LatestRowIndex] = {}  # model_id: where its keys' latest rows are
+        self._index_lock = threading.Lock()
         # Decodes a step's rows while the caller checks and commits them: delta-rs writes the
         # file without the GIL, so the decode is off the critical path (measured on a 10M-user
         # store's 62k new rows: commit 42 ms + decode 26 ms one after the other, 49 ms at once).
@@ -855,11 +856,12 @@ class DuckDBEngine:
             entries.append(entry)
         sides = ((0, user_ids), (1, item_ids))
         wanted = [(code, _sorted_ids(ids)) for code, ids in sides if ids is not None]
-        index = self._latest_index(model_id, paths, entries)
         keys = None  # (side codes, ids) of parts' rows, when known
-        if index is not None:
-            (parts, keys), one_per_key = index.newest_rows(dict(zip(paths, entries)), wanted), True
-        else:
+        with self._index_lock:  # another thread may extend the model's index for a newer snapshot
+            index = self._latest_index(model_id, paths, entries)
+            if index is not None:
+                (parts, keys), one_per_key = index.newest_rows(dict(zip(paths, entries)), wanted), True
+        if index is None:
             parts, one_per_key = _newest_rows(entries, wanted)
         for code in [code for code, ids in sides if ids is None]:  # every key of that side
             parts += [(e, np.arange(e.bounds[code], e.bounds[code + 1])) for e in entries if e.bounds[code + 1] > e.bounds[code]]
