@@ -567,9 +567,8 @@ class LatestRowIndex:
                 for entry in layer:
                     if not self._assign(code, place[id(entry)], entry, None if checked else mine):
                         return False
-        if layers:
-            self.top = max(self.top if self.top is not None else layers[0][0].versions[1],
-                           max(e.versions[1] for e in layers[0]))
+        if layers:  # the newest layer's versions are above every indexed one (checked above)
+            self.top = max(e.versions[1] for e in layers[0])
         return True
 
     def _assign(self, code: int, at: int, entry: _CachedFile, layer: np.ndarray | None) -> bool:
@@ -803,6 +802,7 @@ class DuckDBEngine:
         # model_id: the rows of its last step and their decoding (`_own_file`)
         self._stepped: dict[str, tuple[pa.Table, Future]] = {}
         self._indexes: dict[str, LatestRowIndex] = {}  # model_id: where its keys' latest rows are
+        self._unindexable: dict[str, frozenset[str]] = {}  # model_id: live files no index could be built for
         self._index_lock = threading.Lock()
         # Decodes a step's rows while the caller checks and commits them: delta-rs writes the
         # file without the GIL, so the decode is off the critical path (measured on a 10M-user
@@ -880,16 +880,25 @@ class DuckDBEngine:
     def _latest_index(self, model_id: str, paths: list[str], entries: list[_CachedFile]) -> LatestRowIndex | None:
         """The model's `LatestRowIndex` for these live files: the last one, extended by the
         files added since (a step's), or built afresh when files went (or None)."""
+        live = set(paths)
         index = self._indexes.get(model_id)
-        if index is not None and index.place.keys() <= set(paths):
+        if index is not None and index.place.keys() <= live:
             new = [(p, e) for p, e in zip(paths, entries) if p not in index.place]
             if not new or index.extend([p for p, _ in new], [e for _, e in new]):
                 return index
+        # Files no index could be built for are tried again only once one of them has gone
+        # (a compaction): newer files do not undo a key held twice in a layer, and a new
+        # attempt would cost up to a pass over the whole store at every step.
+        failed = self._unindexable.get(model_id)
+        if failed is not None and failed <= live:
+            return None
         index = LatestRowIndex.build(paths, entries)
         if index is None:
             self._indexes.pop(model_id, None)
+            self._unindexable[model_id] = frozenset(paths)
         else:
             self._indexes[model_id] = index
+            self._unindexable.pop(model_id, None)
         return index
 
     def _own_file(self, warehouse, dt, model_id: str, paths: list[str]) -> tuple[str, Future] | None:
@@ -984,6 +993,7 @@ class DuckDBEngine:
         self._decoder.shutdown(wait=True)
         self._stepped.clear()
         self._indexes.clear()
+        self._unindexable.clear()
         if getattr(self._local, "cursor", None) is not None:
             self._local.prepared.close()
             self._local.cursor.close()

@@ -259,3 +259,20 @@ def test_the_engine_keeps_its_index_current(warehouse, shipped):
     assert indexes[1] is indexes[0] and indexes[3] is indexes[2]  # extended in place
     assert indexes[4] is not indexes[3]  # built again after the compaction
     assert len(engine._indexes["m"].paths) == len(warehouse.local_file_paths("factors", warehouse.table("factors")))
+
+
+def test_files_no_index_fits_are_not_tried_again_at_every_step(monkeypatch):
+    """A model whose files cannot be indexed (a key twice in a layer) is searched without an
+    index; newer files do not make the engine try again, a file going away does."""
+    engine = DuckDBEngine()
+    attempts = []
+    build = LatestRowIndex.build.__func__
+    monkeypatch.setattr(LatestRowIndex, "build",
+                        classmethod(lambda cls, paths, entries: attempts.append(paths) or build(cls, paths, entries)))
+    twice = [versioned_file([(0, 5, 1)]), versioned_file([(0, 5, 1)])]
+    assert engine._latest_index("m", ["a", "b"], twice) is None
+    assert engine._latest_index("m", ["a", "b", "c"], twice + [versioned_file([(0, 6, 2)])]) is None
+    assert attempts == [["a", "b"]]
+    assert engine._latest_index("m", ["a", "c"], [twice[0], versioned_file([(0, 6, 2)])]) is not None
+    assert attempts == [["a", "b"], ["a", "c"]]
+    engine.close()
