@@ -1,8 +1,10 @@
 """Crash safety (issue 7.2): a child process ingesting and applying the first 20 batches of 500
 ratings of the shipped set is SIGKILLed 8 times at seeded points (during ingestion, between a
 data file write and its Delta commit, between two commits of one ingestion, during and right
-after a compaction, after seeded random delays); after each kill the next run continues. The
-final store must equal an uninterrupted run's, version by version, bit for bit.
+after a compaction, after seeded random delays); after each kill the next run continues. A
+kill aimed between a batch's data file write and its commit that lands after the commit is
+aimed again at the next batch (up to three tries: `FILE_KILL_ATTEMPTS`). The final store
+must equal an uninterrupted run's, version by version, bit for bit.
 
 The seed is ``$RELIABILITY_SEED`` (default 20240607); a failure message names the plan.
 """
@@ -30,6 +32,14 @@ N_BATCHES, BATCH = 20, 500
 COMPACT_EVERY = 4
 # Batch indices (0-based) whose apply step compacts: versions 4, 8, ... (one version per batch).
 COMPACTING = [i for i in range(N_BATCHES) if (i + 1) % COMPACT_EVERY == 0]
+# Runs per kill between a data file's write and its commit, for the kinds that recur at
+# every batch: such a kill races the child, which commits within milliseconds of placing the
+# file. A kill that lands after the commit still leaves a crashed store (the next run goes on
+# from it), so the plan aims again at the next batch's file; it must land where planned once.
+# (A single try missed the apply-file point in 2 of 5 full-suite runs on 2026-12-07; the
+# suite at the commit before that day's changes failed in 1 of 2 runs too.) Compaction kills
+# are tried once: the next compaction is four batches later, past the plans that follow.
+FILE_KILL_ATTEMPTS = {"ingest-file": 3, "apply-file": 3}
 
 
 @pytest.fixture(scope="module")
@@ -83,23 +93,24 @@ def kill_plans(rng: random.Random, reference) -> list[KillPlan]:
     return plans
 
 
-def evidence(warehouse: Warehouse, plan: KillPlan, orphans_before: dict[str, set]) -> str:
-    """What the kill left behind; asserts that event-triggered kills landed where planned."""
+def evidence(warehouse: Warehouse, plan: KillPlan, orphans_before: dict[str, set]) -> tuple[str | None, str]:
+    """(why the kill did not land where planned, or None; what it left behind)."""
     new_orphans = {t: orphan_files(warehouse.table_uri(t)) - orphans_before[t] for t in ("ratings", "factors")}
     unledgered = set(warehouse.read("ratings", columns=["batch_id"])["batch_id"].to_pylist()) - set(
         warehouse.read("batches", columns=["batch_id"])["batch_id"].to_pylist())
     last_factor_op = DeltaTable(warehouse.table_uri("factors")).history(1)[0]
     overwrite = last_factor_op.get("operationParameters", {}).get("mode") == "Overwrite"
-    if plan.name == "ingest-file":
-        assert new_orphans["ratings"], "kill did not land between the ratings file write and its commit"
-    elif plan.name == "ingest-commit":
-        assert unledgered, "kill did not land between the ratings commit and the ledger commit"
-    elif plan.name in ("apply-file", "compact-file"):
-        assert new_orphans["factors"], "kill did not land between the factors file write and its commit"
-    elif plan.name == "compact-commit":
-        assert overwrite, "kill did not land right after the compaction commit"
-    return (f"orphans {sum(map(len, new_orphans.values()))}, unledgered batches {len(unledgered)}, "
-            f"last factors op {'compaction' if overwrite else 'append'}")
+    missed = None
+    if plan.name == "ingest-file" and not new_orphans["ratings"]:
+        missed = "kill did not land between the ratings file write and its commit"
+    elif plan.name == "ingest-commit" and not unledgered:
+        missed = "kill did not land between the ratings commit and the ledger commit"
+    elif plan.name in ("apply-file", "compact-file") and not new_orphans["factors"]:
+        missed = "kill did not land between the factors file write and its commit"
+    elif plan.name == "compact-commit" and not overwrite:
+        missed = "kill did not land right after the compaction commit"
+    return missed, (f"orphans {sum(map(len, new_orphans.values()))}, unledgered batches {len(unledgered)}, "
+                    f"last factors op {'compaction' if overwrite else 'append'}")
 
 
 def test_sigkill_at_seeded_points_then_rerun_equals_an_uninterrupted_run(tmp_path, batch_files):
@@ -120,14 +131,21 @@ def test_sigkill_at_seeded_points_then_rerun_equals_an_uninterrupted_run(tmp_pat
     log = []
     try:
         for plan in plans:
-            orphans_before = {t: orphan_files(warehouse.table_uri(t)) for t in ("ratings", "factors")}
-            run = run_worker(warehouse.uri, batch_files, plan=plan, inotify=inotify, watch_folders=watch_folders,
-                             compact_every=COMPACT_EVERY)
-            context = f"seed {SEED}, plan {plan}, log so far {log}\nlast lines: {run.lines[-3:]}\n{run.stderr[-2000:]}"
-            assert run.killed, f"the kill point was never reached: {context}"
-            assert run.returncode == -9, context
-            assert_tables_readable(warehouse)  # every Delta log still loads after the kill
-            log.append(f"{plan.name}@{plan.index} after {run.killed_after!r}: {evidence(warehouse, plan, orphans_before)}")
+            attempts = FILE_KILL_ATTEMPTS.get(plan.name, 1)
+            for attempt in range(1, attempts + 1):
+                orphans_before = {t: orphan_files(warehouse.table_uri(t)) for t in ("ratings", "factors")}
+                run = run_worker(warehouse.uri, batch_files, plan=plan, inotify=inotify, watch_folders=watch_folders,
+                                 compact_every=COMPACT_EVERY)
+                context = (f"seed {SEED}, plan {plan}, attempt {attempt}, log so far {log}\n"
+                           f"last lines: {run.lines[-3:]}\n{run.stderr[-2000:]}")
+                assert run.killed, f"the kill point was never reached: {context}"
+                assert run.returncode == -9, context
+                assert_tables_readable(warehouse)  # every Delta log still loads after the kill
+                missed, left = evidence(warehouse, plan, orphans_before)
+                log.append(f"{plan.name}@{plan.index} try {attempt} after {run.killed_after!r}: {left}")
+                if missed is None:
+                    break
+                assert attempt < attempts, f"{missed}: {context}"
     finally:
         inotify.close()
     final = run_worker(warehouse.uri, batch_files, compact_every=COMPACT_EVERY)
