@@ -142,6 +142,31 @@ def test_cached_reads_equal_the_store_reader(warehouse, shipped):
     engine.close()
 
 
+def test_scores_as_of_the_latest_version_come_from_the_cache(warehouse, shipped):
+    """A holdout score as of the version just applied (asked for by number, as
+    `apply_pending` does) is served by the cache, with the same predictions as the store's
+    reader gives; an older version (time travel) is read from the store as before."""
+    engine, uncached = DuckDBEngine(), DuckDBEngine(cache_bytes=0)
+    for k in range(4):
+        ingest_table(warehouse, shipped.slice(k * 500, 500), source=f"b{k}", holdout=False)
+    create_model(warehouse, "m", DEFAULT_PARAMS)
+    apply_pending(warehouse, engine, evaluate_every=0, compact_every=0)
+    latest = warehouse.current_version("m")
+    holdout = shipped.slice(5000, 1000)
+    clip = (0.5, 5.0)
+    for version in (latest, latest - 2):
+        hits, misses = engine.cache.hits, engine.cache.misses
+        got = engine.score(warehouse, "m", holdout, version, clip)
+        cached = engine.cache.hits + engine.cache.misses > hits + misses
+        assert cached == (version == latest), version
+        expected = uncached.score(warehouse, "m", holdout, version, clip)
+        assert got.equals(expected), version
+    older = uncached.score(warehouse, "m", holdout, latest - 2, clip)
+    assert not older.equals(uncached.score(warehouse, "m", holdout, latest, clip))  # the versions differ
+    engine.close()
+    uncached.close()
+
+
 def test_a_steps_own_file_is_taken_from_its_rows_not_read_back(warehouse, shipped):
     """The file a step's commit writes is decoded from the step's rows (its Delta statistics
     identify it); a file written by someone else is read."""
