@@ -30,7 +30,8 @@ Hot path of one micro-batch (measured in docs/streaming_benchmark.md):
   finds them with one gather per side, O(batch) whatever the store's size and the versions
   since the last compaction; stores it cannot index (hashed ids, a key twice in a layer)
   search the files, newest layer first (`_newest_rows`). When the rows are one per key they are passed as
-  ``latest_factors`` and the step's latest-row join (sql/step/00) is skipped. Object
+  ``latest_factors`` and the step's latest-row join (sql/step/00) is skipped. A score as
+  of the model's latest version, asked for by number, is read the same way. Object
   stores, time travel and files the cache cannot hold use `Warehouse.factor_rows`.
 """
 
@@ -772,16 +773,6 @@ def decode_rows(rows: pa.Table | str) -> _CachedFile | None:
         return None
 
 
-def _newest_version(actions: pa.Table, paths: list[str | None], folder: str) -> int | None:
-    """The newest version among the rows of a model's live files (``folder``: its partition),
-    from the files' Delta statistics, without reading them; None when a file has none. Every
-    version writes the model's global row, so this is the model's latest version."""
-    if "max.version" not in actions.column_names:
-        return None
-    newest = [v for p, v in zip(paths, actions["max.version"].to_pylist()) if p is not None and folder in p]
-    return None if None in newest else max(newest, default=None)
-
-
 def _sorted_ids(ids) -> np.ndarray | None:
     """Sorted distinct ids (sort + mask: many times faster than np.unique on 10^5 ids)."""
     if ids is None:
@@ -861,7 +852,7 @@ class DuckDBEngine:
         if None in local:  # files outside the table folder: the store's reader resolves them
             return None
         paths = [p for p in local if folder in p]
-        if version is not None and version != _newest_version(warehouse.add_actions("factors", dt), local, folder):
+        if version is not None and version != warehouse.current_version(model_id):
             return None
         self.cache.retain(folder, set(paths))
         own = self._own_file(warehouse, dt, model_id, paths)
