@@ -390,6 +390,18 @@ def targets(stores: list[dict], args) -> list[dict]:
     return rows
 
 
+def cpu_ratios(stores: list[dict]) -> dict[str, float]:
+    """Largest store's CPU p50 / smallest store's, per batch kind: the ratio of the work each
+    step does (every thread's CPU time), which a slow phase of the machine inflates less than
+    the latency ratio of the targets. For reading the targets, not a target itself."""
+    by_users = {s["n_users"]: s for s in stores}
+    if len(by_users) < 2:
+        return {}
+    lo, hi = by_users[min(by_users)], by_users[max(by_users)]
+    return {lo[kind]["size"]: round(hi[kind]["cpu"]["p50"] / lo[kind]["cpu"]["p50"], 3)
+            for kind in ("small", "large") if lo.get(kind) and hi.get(kind) and lo[kind]["latency"] and hi[kind]["latency"]}
+
+
 def markdown(result: dict) -> str:
     lines = ["| store (users) | batch (ratings) | timed batches | min ms | p50 ms | p95 ms | CPU p50 ms | "
              "ratings/s at p50 | River learn_one ratings/s | p50 phases ms: read batch / read factors / SQL / "
@@ -419,6 +431,9 @@ def markdown(result: dict) -> str:
                           f"{tiered['next_batch_s'] * 1000:,.0f} ms."]
     lines += ["", "| target | measured | verdict |", "|---|---:|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {verdict(t['pass'])} |" for t in result["targets"]]
+    if result.get("cpu_ratios"):
+        lines += ["", "CPU time p50, largest / smallest store (the work per step, not a target): " + "; ".join(
+            f"{size:,}-rating batches {ratio:.2f}x" for size, ratio in result["cpu_ratios"].items()) + "."]
     return "\n".join(lines)
 
 
@@ -486,6 +501,7 @@ def main(argv=None) -> dict:
     result["stores"] = run_stores(args, log)
     result["load_at_end"] = load()
     result["targets"] = targets(result["stores"], args)
+    result["cpu_ratios"] = cpu_ratios(result["stores"])
     result["seconds_total"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
     table = markdown(result)
     print(table)
