@@ -378,28 +378,31 @@ def targets(stores: list[dict], args) -> list[dict]:
             rate = large["ratings_per_s_at_p50"]
             rows.append({"target": f">= 500,000 ratings/s with {large['size']:,}-rating batches ({s['n_users']:,} users)",
                          "measured": f"{rate:,.0f} ratings/s", "pass": rate >= TARGET_LARGE_RATE})
-    by_users = {s["n_users"]: s for s in stores}
-    if len(by_users) >= 2:
-        lo, hi = by_users[min(by_users)], by_users[max(by_users)]
-        for kind in ("small", "large"):
-            if lo.get(kind) and hi.get(kind) and lo[kind]["latency"] and hi[kind]["latency"]:
-                ratio = hi[kind]["latency"]["p50"] / lo[kind]["latency"]["p50"]
-                rows.append({"target": f"{hi['n_users']:,}-user p50 within 1.5x of {lo['n_users']:,}-user p50 "
-                                       f"({lo[kind]['size']:,}-rating batches)",
-                             "measured": f"{ratio:.2f}x", "pass": ratio <= TARGET_SCALING})
+    for kind, lo, hi in smallest_and_largest(stores):
+        ratio = hi[kind]["latency"]["p50"] / lo[kind]["latency"]["p50"]
+        rows.append({"target": f"{hi['n_users']:,}-user p50 within 1.5x of {lo['n_users']:,}-user p50 "
+                               f"({lo[kind]['size']:,}-rating batches)",
+                     "measured": f"{ratio:.2f}x", "pass": ratio <= TARGET_SCALING})
     return rows
 
 
-def cpu_ratios(stores: list[dict]) -> dict[str, float]:
-    """Largest store's CPU p50 / smallest store's, per batch kind: the ratio of the work each
-    step does (every thread's CPU time), which a slow phase of the machine inflates less than
-    the latency ratio of the targets. For reading the targets, not a target itself."""
+def smallest_and_largest(stores: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(batch kind, smallest store, largest store) for each kind both stores timed; [] with
+    fewer than two store sizes."""
     by_users = {s["n_users"]: s for s in stores}
     if len(by_users) < 2:
-        return {}
+        return []
     lo, hi = by_users[min(by_users)], by_users[max(by_users)]
+    return [(kind, lo, hi) for kind in ("small", "large")
+            if lo.get(kind) and hi.get(kind) and lo[kind]["latency"] and hi[kind]["latency"]]
+
+
+def cpu_ratios(stores: list[dict]) -> dict[int, float]:
+    """Largest store's CPU p50 / smallest store's, by batch size: the ratio of the work each
+    step does (every thread's CPU time), which a slow phase of the machine inflates less than
+    the latency ratio of the targets. For reading the targets, not a target itself."""
     return {lo[kind]["size"]: round(hi[kind]["cpu"]["p50"] / lo[kind]["cpu"]["p50"], 3)
-            for kind in ("small", "large") if lo.get(kind) and hi.get(kind) and lo[kind]["latency"] and hi[kind]["latency"]}
+            for kind, lo, hi in smallest_and_largest(stores)}
 
 
 def markdown(result: dict) -> str:
