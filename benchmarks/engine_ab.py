@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from streaming_step import MODEL_ID, Phases, build_store  # noqa: E402
+from streaming_step import MODEL_ID, Phases, build_store, flush_setup_writes  # noqa: E402
 
 from als_core.datasets import synthetic_ratings  # noqa: E402
 from als_core.engines.duckdb_engine import DuckDBEngine  # noqa: E402
@@ -109,6 +109,7 @@ def compare(args, stream, variants: dict, runs: dict, roots: list) -> dict:
                       "spec": next(s for s in model_specs(wh) if s.model_id == MODEL_ID),
                       "ledger": wh.ledger().to_pylist(), "version": wh.current_version(MODEL_ID),
                       "latency": [], "phase_list": [], "outputs": []}
+    flush_setup_writes()
     for k in range(args.batches):
         for name in ("A", "B") if k % 2 == 0 else ("B", "A"):
             run = runs[name]
