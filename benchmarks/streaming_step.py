@@ -13,6 +13,7 @@ generator's true factors, `synthetic_truth`, stored as float32), written in chun
 compacted (`compact_factors`: latest row per key, sorted by (side, id), 16k-row row groups),
 then the stream is applied: ``--warmup`` untimed batches of each size, then ``--small-batches``
 batches of ``--small-size`` ratings and ``--large-batches`` batches of ``--large-size``.
+The setup's writes are flushed to disk before the stream (`flush_setup_writes`).
 
 Beside it, River's ``reco.BiasedMF`` ``learn_one`` over the same ratings (pure Python, one
 rating at a time, starting from an empty model), in ratings per second.
