@@ -630,6 +630,7 @@ class LatestRowIndex:
             codes.append(np.full(len(ids), code, dtype=np.int8))
         return parts, (_cat(codes, np.int8), _cat(found, np.int64))
 
+
 def _values(column: pa.ChunkedArray, fill) -> tuple[np.ndarray, np.ndarray | None]:
     """A nullable numeric column as (values with ``fill`` for nulls, validity or None)."""
     array = column.chunk(0) if column.num_chunks else pa.array([], column.type)
@@ -646,24 +647,22 @@ def _gather(parts: list[tuple[_CachedFile, np.ndarray]], keys: tuple[np.ndarray,
     """The rows at the given positions of each cached file, as one STORED_SCHEMA table;
     ``keys``: their (side codes, ids) when the caller knows them (each a random read of the
     file's arrays otherwise: ~1.5 ms for 62k rows of a 10M-user store)."""
-    cat = _cat
-
     def nullable(values, valid_of):
         if all(valid_of(e) is None for e, _ in parts):
             return pa.array(values)
-        valid = cat([valid_of(e)[r] if valid_of(e) is not None else np.ones(len(r), bool) for e, r in parts], bool)
+        valid = _cat([valid_of(e)[r] if valid_of(e) is not None else np.ones(len(r), bool) for e, r in parts], bool)
         return pa.array(values, mask=~valid)
 
     if keys is None:
-        keys = cat([e.codes[r] for e, r in parts], np.int8), cat([e.keys[r] for e, r in parts], np.int64)
+        keys = _cat([e.codes[r] for e, r in parts], np.int8), _cat([e.keys[r] for e, r in parts], np.int64)
     side, ids = pa.array(_SIDES).take(pa.array(keys[0])), pa.array(keys[1])
-    version, n, bias = (cat([getattr(e, field)[r] for e, r in parts], dtype)
+    version, n, bias = (_cat([getattr(e, field)[r] for e, r in parts], dtype)
                         for field, dtype in (("version", np.int64), ("n", np.int64), ("bias", np.float64)))
     version, n, bias = pa.array(version), nullable(n, lambda e: e.n_valid), nullable(bias, lambda e: e.bias_valid)
     ranks = {e.vectors.shape[1] if e.vectors is not None else -1 for e, r in parts if len(r)}
     if len(ranks) <= 1 and -1 not in ranks:
         rank = ranks.pop() if ranks else 0
-        valid = cat([np.ones(len(r), bool) if e.all_vectors_valid else e.vector_valid[r] for e, r in parts], bool)
+        valid = _cat([np.ones(len(r), bool) if e.all_vectors_valid else e.vector_valid[r] for e, r in parts], bool)
         # np.take, not e.vectors[r]: numpy's fancy indexing of a 2-d array copies row by row
         # (60k rows of a 10M-row file: ~9 ms against ~2 ms)
         taken = [np.take(e.vectors, r, axis=0) for e, r in parts if len(r)]
